@@ -1,0 +1,89 @@
+"""Column parsers shared by the adapters: binary labels, time stamps, delimited lists.
+
+Each raises a FinedError that names the column and shows an offending value, so a malformed
+file ends in one readable line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fined.errors import FinedError
+
+
+def binary_label(values: pa.Array | pa.ChunkedArray, column: str) -> pa.Array:
+    """Validate a 0/1 label column (ints, floats or strings) and return it as int8."""
+    if values.null_count:
+        raise FinedError(f"label column {column!r}: {values.null_count} empty value(s)")
+    try:
+        as_float = pc.cast(values, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        bad = _first_bad_number(values)
+        raise FinedError(f"label column {column!r}: non-binary value {bad!r}") from None
+    arr = as_float.to_numpy(zero_copy_only=False)
+    bad = arr[(arr != 0) & (arr != 1)]
+    if bad.size:
+        raise FinedError(f"label column {column!r}: non-binary value {bad[0]!r} (expected 0 or 1)")
+    return pa.array(arr.astype(np.int8))
+
+
+def _first_bad_number(values: pa.Array | pa.ChunkedArray) -> str:
+    for v in values.to_pylist():
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            return str(v)
+    return "?"
+
+
+def parse_time(values: pa.Array | pa.ChunkedArray, fmt: str, column: str) -> pa.Array:
+    """Parse a time column into int64 unix seconds.
+
+    ``fmt``: ``unix`` (seconds), ``unix_ms``, ``yymmddhh`` (Avazu's ``hour``), or a strptime
+    format such as ``%Y-%m-%d %H:%M:%S`` (read as UTC).
+    """
+    if values.null_count:
+        raise FinedError(f"time column {column!r}: {values.null_count} empty value(s)")
+    try:
+        if fmt in ("unix", "unix_ms"):
+            secs = pc.cast(pc.cast(values, pa.float64()), pa.int64())
+            return pc.divide(secs, 1000) if fmt == "unix_ms" else secs
+        if fmt == "yymmddhh":
+            text = pc.cast(values, pa.string())
+            stamp = pc.strptime(pc.binary_join_element_wise("20", text, ""), "%Y%m%d%H", "s")
+            return pc.cast(stamp, pa.int64())
+        stamp = pc.strptime(pc.cast(values, pa.string()), fmt, "s")
+        return pc.cast(stamp, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        example = _first_unparsable(values, fmt)
+        raise FinedError(
+            f"time column {column!r}: cannot parse {example!r} as {fmt!r} ({err})"
+        ) from None
+
+
+def _first_unparsable(values: pa.Array | pa.ChunkedArray, fmt: str) -> str:
+    for v in values.to_pylist():
+        try:
+            parse_time(pa.array([v]), fmt, "")
+        except FinedError:
+            return str(v)
+    return "?"
+
+
+def split_list(values: pa.Array | pa.ChunkedArray, delimiter: str) -> pa.Array:
+    """Split delimited text (``"12^7^9"``) into ``list<string>``; empty or null -> empty list."""
+    text = pc.fill_null(pc.cast(values, pa.string()), "")
+    parts = pc.split_pattern(text, delimiter)
+    flat = pc.list_flatten(parts)
+    keep = pc.not_equal(flat, "")
+    if pc.all(keep).as_py() in (True, None):
+        return parts
+    # Drop empty tokens ("" -> [""] and "a^^b" -> ["a", "", "b"]) while keeping row boundaries.
+    lengths = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    kept = keep.to_numpy(zero_copy_only=False)
+    counts = np.bincount(row[kept], minlength=len(lengths))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), flat.filter(keep))

@@ -1,0 +1,380 @@
+"""The generic ``table`` adapter: any CSV or Parquet files described by options.
+
+Every table-shaped public format (Criteo, Avazu, the joined TaobaoAd_x1 CSV, Ele.me) is a
+preset over the one reader here (see ``presets.py``): it only fills in the options below,
+the default features and the default periods.
+
+Reading streams with bounded memory: ``pyarrow.csv.open_csv`` with an explicit type for every
+column read (so that ids are never guessed as floats, and a late odd value cannot break type
+inference of the first block), or ``ParquetFile.iter_batches``. Files are read in sorted
+(natural) order, so ``D2_0.csv`` comes before ``D10_0.csv``, and each call of ``batches()``
+yields the same rows in the same order.
+
+Column conventions of the standardized batches:
+
+- categorical ids from text stay strings; an empty field is the id ``""`` (a category of its
+  own, "missing"), never null. Parquet integer ids stay int64 (nulls kept), float ids must be
+  whole numbers.
+- numeric features are float64; empty fields and ``NULL``/``NaN`` are nulls.
+- sequences given as text are split on the feature's ``delimiter`` when the feature sets one,
+  else on the option ``list_delimiter``; empty tokens are dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from pydantic import Field, model_validator
+
+from fined.data.datasets import register
+from fined.data.datasets.base import BaseSource
+from fined.data.datasets.columns import binary_label, parse_time, split_list
+from fined.data.schema import (
+    FeatureSpec,
+    PeriodSpec,
+    PrepareConfig,
+    StrictModel,
+    check_features,
+    parse_model,
+)
+from fined.errors import FinedError
+
+TimePart = Literal["hour_of_day", "weekday"]
+_CALENDAR = ("hour", "day", "week", "month", "boundaries")
+_BLOCK_BYTES = 4 << 20  # CSV read block: memory per file stays a few blocks
+
+
+class TableOptions(StrictModel):
+    """``options`` of a ``table`` job; the presets fill the same model."""
+
+    path: str  # a file, a directory, or a glob
+    format: Literal["csv", "parquet"] | None = None  # None: from the file suffix
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    header: bool = True
+    column_names: list[str] | None = None  # required when header is false
+    label: str = "label"
+    time: str | None = None  # None: time is the running row number
+    time_format: str = "unix"  # unix | unix_ms | yymmddhh | a strptime format (UTC)
+    period_from_file: str | None = None  # regex, one group: integer period key in a file name
+    period_name: str = "{key}"  # display name of a file period key, e.g. "D{key}"
+    list_delimiter: str = Field("^", min_length=1)  # for sequence features read from text
+    derive_from_time: dict[str, TimePart] = Field(default_factory=dict)  # extra columns
+    dir_glob: str = "*"  # files taken from `path` when it is a directory
+
+    @model_validator(mode="after")
+    def _check(self) -> TableOptions:
+        if not self.header and not self.column_names:
+            raise ValueError("header: false needs `column_names`")
+        if self.period_from_file is not None:
+            try:
+                groups = re.compile(self.period_from_file).groups
+            except re.error as err:
+                raise ValueError(f"period_from_file: invalid regex ({err})") from None
+            if groups != 1:
+                raise ValueError("period_from_file: the regex needs exactly one group")
+        if self.derive_from_time and self.time is None:
+            raise ValueError("derive_from_time needs a `time` column")
+        try:
+            self.period_name.format(key=0)
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("period_name: use {key} for the period key, e.g. 'D{key}'") from None
+        return self
+
+
+def _natural_key(path: Path) -> list[int | str]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def list_files(path: str, dir_glob: str) -> list[Path]:
+    """The files a ``path`` option names, in natural sorted order; none is a FinedError."""
+    p = Path(path).expanduser()
+    if glob.has_magic(path):
+        files = [Path(f) for f in glob.glob(str(p)) if Path(f).is_file()]
+        if not files:
+            raise FinedError(f"{path}: no file matches")
+    elif p.is_dir():
+        files = [f for f in p.glob(dir_glob) if f.is_file()]
+        if not files:
+            raise FinedError(f"{path}: no file matching {dir_glob!r} in this directory")
+    elif p.is_file():
+        files = [p]
+    else:
+        raise FinedError(f"{path}: no such file or directory")
+    return sorted(files, key=_natural_key)
+
+
+def _csv_header(path: Path, delimiter: str) -> list[str]:
+    """Column names in the first line (compressed files too), stripped of spaces and BOM."""
+    head = b""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        while b"\n" not in head:
+            chunk = stream.read(1 << 16)
+            if not chunk:
+                break
+            head += chunk
+    line = head.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r")
+    return [n.strip() for n in next(csv.reader([line], delimiter=delimiter), [])]
+
+
+def _as_ids(values: pa.Array, column: str) -> pa.Array:
+    """Categorical ids as string or int64 (floats only when whole numbers)."""
+    t = values.type
+    if pa.types.is_dictionary(t):
+        return _as_ids(values.dictionary_decode(), column)
+    if pa.types.is_integer(t):
+        return pc.cast(values, pa.int64())
+    if pa.types.is_floating(t):
+        try:
+            return pc.cast(values, pa.int64())
+        except pa.ArrowInvalid:
+            raise FinedError(f"column {column!r}: ids must be whole numbers or text") from None
+    return pc.fill_null(pc.cast(values, pa.string()), "")
+
+
+def _as_sequence(values: pa.Array, delimiter: str) -> pa.Array:
+    """A list column as ``list<int64|string>``, or text split on ``delimiter``."""
+    t = values.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        item = pa.int64() if pa.types.is_integer(t.value_type) else pa.string()
+        return pc.cast(values, pa.list_(item))
+    return split_list(values, delimiter)
+
+
+def _time_part(seconds: np.ndarray, part: TimePart) -> np.ndarray:
+    if part == "hour_of_day":
+        return seconds // 3600 % 24
+    return (seconds // 86400 + 3) % 7  # Monday = 0; 1970-01-01 was a Thursday
+
+
+def _parse_time(values: pa.Array, fmt: str, column: str) -> pa.Array:
+    """``columns.parse_time``, guarded against its error path.
+
+    Workaround: ``columns._first_unparsable`` calls ``parse_time`` on one value, whose failure
+    calls ``_first_unparsable`` again, so any bad time stamp ends in a RecursionError instead
+    of a FinedError. Remove this guard once columns.py is fixed.
+    """
+    try:
+        return parse_time(values, fmt, column)
+    except RecursionError:
+        pass
+    example = "?"
+    for v in values.to_pylist():
+        try:
+            parse_time(pa.array([v], values.type), fmt, column)
+        except RecursionError:
+            example = str(v)
+            break
+    raise FinedError(f"time column {column!r}: cannot parse {example!r} as {fmt!r}") from None
+
+
+def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """Regroup a stream of batches into batches of ``rows`` rows (the last one shorter)."""
+    buf: list[pa.RecordBatch] = []
+    n = 0
+    for batch in batches:
+        buf.append(batch)
+        n += batch.num_rows
+        if n < rows:
+            continue
+        table = pa.Table.from_batches(buf).combine_chunks()
+        full = n - n % rows
+        yield from table.slice(0, full).to_batches(max_chunksize=rows)
+        buf, n = table.slice(full).to_batches(), n - full
+    if n:
+        yield from pa.Table.from_batches(buf).combine_chunks().to_batches()
+
+
+class TableSource(BaseSource):
+    """Rows of CSV/Parquet files, standardized as ``base.py`` describes."""
+
+    def __init__(
+        self,
+        name: str,
+        options: TableOptions,
+        features: list[FeatureSpec],
+        periods: PeriodSpec,
+        user_key: str | None,
+    ) -> None:
+        super().__init__(features, periods)
+        self.name = name
+        self.options = options
+        self.user_key = user_key
+        check_features(features)
+        names = {f.name for f in features}
+        if user_key is not None and user_key not in names:
+            raise FinedError(f"user_key: no feature named {user_key!r}")
+        if options.time is None and periods.by in _CALENDAR:
+            raise FinedError(
+                f"{name}: periods.by: {periods.by} needs a time column (options.time); "
+                "without one use by: rows"
+            )
+        if periods.by == "key" and options.period_from_file is None:
+            raise FinedError(f"{name}: periods.by: key needs options.period_from_file")
+        self.files = list_files(options.path, options.dir_glob)
+        self.format = options.format or self._format_of(self.files[0])
+        self.keys = {f: self._period_key(f) for f in self.files}
+
+        # Raw columns to read, each once, and the type each is read as from CSV.
+        self.derived = options.derive_from_time
+        needed = [options.label, *([options.time] if options.time else [])]
+        needed += [f.raw_column for f in features if f.raw_column not in self.derived]
+        self.needed = list(dict.fromkeys(needed))
+        numeric = {f.raw_column for f in features if f.kind == "numeric"}
+        self.csv_types = {c: pa.float64() if c in numeric else pa.string() for c in self.needed}
+
+    @staticmethod
+    def _format_of(path: Path) -> str:
+        suffixes = [s.lower() for s in path.suffixes]
+        return "parquet" if ".parquet" in suffixes or ".pq" in suffixes else "csv"
+
+    def _period_key(self, path: Path) -> int | None:
+        if self.options.period_from_file is None:
+            return None
+        m = re.search(self.options.period_from_file, path.name)
+        if m is None or not m.group(1).lstrip("-").isdigit():
+            raise FinedError(
+                f"{path}: no integer period key in the file name "
+                f"(options.period_from_file: {self.options.period_from_file!r})"
+            )
+        return int(m.group(1))
+
+    def period_names(self) -> dict[int, str]:
+        keys = sorted({k for k in self.keys.values() if k is not None})
+        return {k: self.options.period_name.format(key=k) for k in keys}
+
+    def batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        return _rebatch(self._standard_batches(chunk_rows), chunk_rows)
+
+    def _standard_batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        row = 0  # running row number over all files: the time of sources without one
+        for path in self.files:
+            for raw in self._raw_batches(path, chunk_rows):
+                try:
+                    yield self._standardize(raw, row, self.keys[path])
+                except FinedError as err:
+                    raise FinedError(f"{path}: {err}") from None
+                row += raw.num_rows
+
+    def _check_columns(self, path: Path, present: list[str]) -> None:
+        missing = [c for c in self.needed if c not in present]
+        if missing:
+            raise FinedError(
+                f"{path}: missing column {missing[0]!r}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                + f"; the file has: {', '.join(present)}"
+            )
+
+    def _raw_batches(self, path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        if not path.is_file():
+            raise FinedError(f"{path}: no such file")
+        if self.format == "parquet":
+            yield from self._parquet_batches(path, chunk_rows)
+        else:
+            yield from self._csv_batches(path)
+
+    def _parquet_batches(self, path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise FinedError(f"{path}: not a readable Parquet file ({err})") from None
+        self._check_columns(path, pf.schema_arrow.names)
+        yield from pf.iter_batches(batch_size=chunk_rows, columns=self.needed)
+
+    def _csv_batches(self, path: Path) -> Iterator[pa.RecordBatch]:
+        opts = self.options
+        if opts.header:
+            names, skip = _csv_header(path, opts.delimiter), 1
+        else:
+            names, skip = list(opts.column_names or []), 0
+        self._check_columns(path, names)
+        try:
+            reader = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(
+                    column_names=names, skip_rows=skip, block_size=_BLOCK_BYTES
+                ),
+                parse_options=pacsv.ParseOptions(delimiter=opts.delimiter),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=self.csv_types, include_columns=self.needed
+                ),
+            )
+            yield from reader
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            # Arrow says "column #3"; name it, so the message alone tells where to look.
+            msg = re.sub(r"column #(\d+)", lambda m: f"column {names[int(m[1])]!r}", str(err))
+            raise FinedError(f"{path}: {msg}") from None
+
+    def _standardize(self, raw: pa.RecordBatch, row: int, key: int | None) -> pa.RecordBatch:
+        opts = self.options
+        n = raw.num_rows
+        cols: dict[str, pa.Array] = {"label": binary_label(raw.column(opts.label), opts.label)}
+        if opts.time is None:
+            time = pa.array(np.arange(row, row + n, dtype=np.int64))
+        else:
+            time = self._parse_time(raw.column(opts.time))
+        cols["time"] = time
+        if key is not None:
+            cols["period_key"] = pa.array(np.full(n, key, dtype=np.int64))
+        seconds = time.to_numpy(zero_copy_only=False)
+        for f in self.features:
+            col = f.raw_column
+            if col in self.derived:
+                values = pa.array(_time_part(seconds, self.derived[col]))
+            else:
+                values = raw.column(col)
+            if f.kind == "categorical":
+                cols[f.name] = _as_ids(values, col)
+            elif f.kind == "numeric":
+                cols[f.name] = self._as_float(values, col)
+            else:
+                own = "delimiter" in f.model_fields_set
+                cols[f.name] = _as_sequence(values, f.delimiter if own else opts.list_delimiter)
+        return pa.RecordBatch.from_pydict(cols)
+
+    def _parse_time(self, values: pa.Array) -> pa.Array:
+        if pa.types.is_timestamp(values.type):  # Parquet time stamps need no format
+            return pc.cast(pc.cast(values, pa.timestamp("s"), safe=False), pa.int64())
+        return _parse_time(values, self.options.time_format, self.options.time)
+
+    @staticmethod
+    def _as_float(values: pa.Array, column: str) -> pa.Array:
+        try:
+            return pc.cast(values, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise FinedError(f"numeric column {column!r}: a value is not a number") from None
+
+
+def default_periods(options: TableOptions) -> PeriodSpec:
+    """File keys if the names carry them, days if there is a time column, else 10 row blocks."""
+    if options.period_from_file is not None:
+        return PeriodSpec(by="key")
+    if options.time is not None:
+        return PeriodSpec(by="day")
+    return PeriodSpec(by="rows", n_periods=10)
+
+
+@register("table")
+def build_table(config: PrepareConfig) -> TableSource:
+    """Any CSV/Parquet files; ``features`` must be given (a table has no default schema)."""
+    options = parse_model(TableOptions, config.options, "options")
+    if not config.features:
+        raise FinedError(
+            "dataset table: `features` is required (list each column as a feature: "
+            "name, kind, and column where the raw name differs)"
+        )
+    periods = config.periods or default_periods(options)
+    return TableSource("table", options, config.features, periods, config.user_key)
+
+
+# The presets register themselves on import; the registry imports only this module.
+from fined.data.datasets import presets  # noqa: E402,F401

@@ -1,0 +1,146 @@
+"""``feature_map.json``: what a prepared dataset contains, read by every later stage.
+
+It records each feature's kind, source, vocabulary size (overall and as it stood after each
+period), padding/OOV indices and transform, the periods with their row counts, and a
+fingerprint (hash of the schema and vocabulary sizes) that models and knowledge bases store so
+that loading one against different data fails loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fined.errors import FinedError
+from fined.io import atomic_write_json, read_json
+
+FORMAT_VERSION = 1
+FILE_NAME = "feature_map.json"
+
+
+@dataclass
+class FeatureInfo:
+    """One encoded feature. ``vocab`` names the feature whose vocabulary (and embedding) it
+    uses (itself unless shared). Id fields have ``vocab_size`` rows, 0 = padding, 1 = OOV."""
+
+    name: str
+    kind: str  # categorical | numeric | sequence
+    source: str
+    vocab: str
+    vocab_size: int  # 0 for a scaled numeric (a float input)
+    vocab_size_by_period: list[int] = field(default_factory=list)
+    max_len: int = 1
+    transform: dict[str, Any] | None = None
+    min_count: int = 1
+
+    @property
+    def is_float(self) -> bool:
+        return self.kind == "numeric" and self.vocab_size == 0
+
+    @property
+    def is_id(self) -> bool:
+        """A single id per row (categorical or bucketized numeric)."""
+        return self.kind in ("categorical", "numeric") and not self.is_float
+
+
+@dataclass
+class PeriodInfo:
+    index: int
+    name: str
+    file: str
+    rows: int
+    positives: int
+    holdout_rows: int
+    holdout_positives: int
+    time_min: int
+    time_max: int
+    new_id_share: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ctr(self) -> float:
+        return self.positives / self.rows if self.rows else 0.0
+
+
+@dataclass
+class FeatureMap:
+    dataset: str
+    features: list[FeatureInfo]
+    periods: list[PeriodInfo]
+    user_key: str | None = None
+    holdout_fraction: float = 0.1
+    fit_periods: int = 1
+    time_is_row_number: bool = False
+    fingerprint: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            self.fingerprint = self.compute_fingerprint()
+
+    def compute_fingerprint(self) -> str:
+        """Hash of everything a trained model depends on: features, kinds, vocab sizes."""
+        keyed = [
+            (f.name, f.kind, f.source, f.vocab, f.vocab_size, f.max_len, f.transform)
+            for f in self.features
+        ]
+        blob = json.dumps({"dataset": self.dataset, "features": keyed}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # -- views used by loaders and models -------------------------------------------------
+    def feature(self, name: str) -> FeatureInfo:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise FinedError(f"no feature {name!r} in this dataset")
+
+    @property
+    def id_features(self) -> list[FeatureInfo]:
+        """Single-id fields, in the column order of ``Batch.ids``."""
+        return [f for f in self.features if f.is_id]
+
+    @property
+    def float_features(self) -> list[FeatureInfo]:
+        """Scaled numeric fields, in the column order of ``Batch.floats``."""
+        return [f for f in self.features if f.is_float]
+
+    @property
+    def sequence_features(self) -> list[FeatureInfo]:
+        return [f for f in self.features if f.kind == "sequence"]
+
+    def period_index(self, ref: int | str) -> int:
+        """A period by index (negative counts from the end) or by name."""
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.lstrip("-").isdigit()):
+            i = int(ref)
+            if -len(self.periods) <= i < len(self.periods):
+                return i % len(self.periods)
+        else:
+            for p in self.periods:
+                if p.name == ref:
+                    return p.index
+        names = ", ".join(p.name for p in self.periods)
+        raise FinedError(f"unknown period {ref!r}; this dataset has {names}")
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        atomic_write_json(Path(directory) / FILE_NAME, asdict(self))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FeatureMap:
+        path = Path(directory) / FILE_NAME
+        if not Path(directory).is_dir():
+            raise FinedError(f"{directory}: no such directory (a prepared dataset was expected)")
+        data = read_json(path, "feature map")
+        try:
+            if data.get("format_version") != FORMAT_VERSION:
+                raise FinedError(f"{path}: unsupported format version {data.get('format_version')}")
+            data["features"] = [FeatureInfo(**f) for f in data["features"]]
+            data["periods"] = [PeriodInfo(**p) for p in data["periods"]]
+            fmap = cls(**data)
+        except (TypeError, KeyError, AttributeError) as err:
+            raise FinedError(f"{path}: malformed feature map ({err})") from None
+        if fmap.compute_fingerprint() != fmap.fingerprint:
+            raise FinedError(f"{path}: fingerprint does not match its contents (edited by hand?)")
+        return fmap

@@ -1,0 +1,275 @@
+"""``fined data prepare``: two streaming passes from a raw source to encoded periods.
+
+Pass 1 counts rows and ids per period, keeps the time stamps (8 bytes a row) for the held-out
+cuts and a bounded sample of each numeric feature. Between the passes the periods, holdout
+cuts, append-only vocabularies and numeric transforms are fixed. Pass 2 encodes each chunk
+and appends it to its period's Parquet file. Memory is bounded by the chunk size, the
+vocabularies and the time stamps; no raw file is ever held whole.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fined.data.datasets import RawSource, open_source
+from fined.data.encoding import RowEncoder, column, last_items
+from fined.data.feature_map import FILE_NAME, FeatureInfo, FeatureMap, PeriodInfo
+from fined.data.numeric import BottomKSample, NumericTransform
+from fined.data.periods import HoldoutCut, PeriodSplitter
+from fined.data.schema import FeatureSpec, PrepareConfig, check_features
+from fined.data.vocab import OOV, Vocabulary, count_ids, grow_vocabulary, merge_counts
+from fined.errors import FinedError
+from fined.io import atomic_dir, atomic_write_json
+
+Progress = Callable[[str, int], None]  # (stage, rows done so far)
+_NUMERIC_SAMPLE = 200_000  # values kept per numeric feature and period to fit quantiles
+_FLUSH_ROWS = 262_144  # rows buffered per period before a Parquet row group is written
+
+
+@dataclass
+class _Scan:
+    """What pass 1 learns about the source."""
+
+    rows: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    times: dict[int, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
+    counts: dict[str, list[pl.DataFrame]] = field(default_factory=lambda: defaultdict(list))
+    samples: dict[tuple[str, int], BottomKSample] = field(default_factory=dict)
+
+
+def prepare(config: PrepareConfig, out: str | Path, progress: Progress | None = None) -> FeatureMap:
+    """Encode the source named by ``config`` into ``out`` (replaced atomically)."""
+    source = open_source(config)
+    check_features(source.features)
+    spec = source.periods
+    total = None
+    if spec.by == "rows" and spec.n_periods is not None:
+        total = sum(b.num_rows for b in source.batches(config.chunk_rows))
+    splitter = PeriodSplitter(spec, total)
+
+    with atomic_dir(out, FILE_NAME) as tmp:
+        scan = _scan(source, splitter, config, progress)
+        keys = sorted(scan.rows)
+        source_names = source.period_names()
+        names = {k: splitter.name(k, source_names) for k in keys}
+        splitter.check(keys, scan.rows, names)
+        ordinal = {k: i for i, k in enumerate(keys)}
+        cuts = {
+            k: HoldoutCut.from_times(np.concatenate(scan.times.pop(k)), spec.holdout_fraction)
+            for k in keys
+        }
+        vocabs = _grow_vocabularies(source.features, scan, ordinal)
+        fit_keys = keys[: config.fit_periods]
+        transforms = {
+            f.name: NumericTransform.fit(f, _fit_sample(scan, f.name, fit_keys))
+            for f in source.features
+            if f.kind == "numeric"
+        }
+        encoder = RowEncoder(source.features, vocabs, transforms)
+        periods = _write_periods(
+            source, splitter, encoder, cuts, ordinal, names, scan.rows, tmp, config, progress
+        )
+
+        fmap = FeatureMap(
+            dataset=source.name,
+            features=[_feature_info(f, vocabs, transforms) for f in source.features],
+            periods=periods,
+            user_key=config.user_key or source.user_key,
+            holdout_fraction=spec.holdout_fraction,
+            fit_periods=min(config.fit_periods, len(keys)),
+            time_is_row_number=spec.by in ("rows", "key"),
+        )
+        atomic_write_json(tmp / "vocab.json", {k: v.to_json() for k, v in vocabs.items()})
+        for name, doc in source.extra_files().items():
+            atomic_write_json(tmp / name, doc)
+        fmap.save(tmp)
+    return fmap
+
+
+def _period_keys(batch: pa.RecordBatch, splitter: PeriodSplitter, row0: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row time and period key (-1: outside every period)."""
+    if splitter.spec.by == "rows":
+        time = np.arange(row0, row0 + batch.num_rows, dtype=np.int64)
+    else:
+        time = column(batch, "time").to_numpy(zero_copy_only=False).astype(np.int64)
+    pkey = None
+    if splitter.spec.by == "key":
+        pkey = column(batch, "period_key").to_numpy(zero_copy_only=False)
+    return time, splitter.keys(time, pkey)
+
+
+def _scan(source: RawSource, splitter: PeriodSplitter, config: PrepareConfig, progress: Progress | None) -> _Scan:
+    scan = _Scan()
+    row0 = 0
+    for batch in source.batches(config.chunk_rows):
+        time, keys = _period_keys(batch, splitter, row0)
+        row0 += batch.num_rows
+        present = np.unique(keys[keys >= 0])
+        for k in present:
+            sel = keys == k
+            scan.rows[int(k)] += int(sel.sum())
+            scan.times[int(k)].append(time[sel])
+        for f in source.features:
+            col = column(batch, f.name)
+            if f.kind == "numeric":
+                values = col.to_numpy(zero_copy_only=False).astype(np.float64)
+                for k in present:
+                    sample = scan.samples.setdefault((f.name, int(k)), BottomKSample(_NUMERIC_SAMPLE, int(k)))
+                    sample.add(values[keys == k])
+                continue
+            if f.kind == "sequence":
+                items, row, _ = last_items(col, f.max_len)
+                part = count_ids(items, keys[row])
+            else:
+                part = count_ids(col, keys)
+            parts = scan.counts[f.vocab or f.name]
+            parts.append(part.filter(pl.col("period") >= 0))
+            if len(parts) > 32:  # keep memory bounded by the number of distinct (id, period)
+                parts[:] = [merge_counts(parts)]
+        if progress:
+            progress("scan", row0)
+    return scan
+
+
+def _grow_vocabularies(features: list[FeatureSpec], scan: _Scan, ordinal: dict[int, int]) -> dict[str, Vocabulary]:
+    min_count = {f.name: f.min_count for f in features}
+    vocabs = {}
+    for owner in [f.name for f in features if f.kind != "numeric" and f.vocab is None]:
+        counts = merge_counts(scan.counts.get(owner, []))
+        counts = counts.with_columns(
+            pl.col("period").replace_strict(list(ordinal), list(ordinal.values()), return_dtype=pl.Int64)
+        )
+        vocabs[owner] = grow_vocabulary(counts, len(ordinal), min_count[owner])
+    return vocabs
+
+
+def _fit_sample(scan: _Scan, name: str, fit_keys: list[int]) -> np.ndarray:
+    parts = [scan.samples[(name, k)].values for k in fit_keys if (name, k) in scan.samples]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _feature_info(f: FeatureSpec, vocabs: dict[str, Vocabulary], transforms: dict[str, NumericTransform]) -> FeatureInfo:
+    if f.kind == "numeric":
+        t = transforms[f.name]
+        n = t.vocab_size
+        return FeatureInfo(f.name, f.kind, f.source, f.name, n, [], 1, t.to_json(), f.min_count)
+    vocab = vocabs[f.vocab or f.name]
+    max_len = f.max_len if f.kind == "sequence" else 1
+    return FeatureInfo(
+        f.name, f.kind, f.source, f.vocab or f.name, len(vocab), list(vocab.size_by_period),
+        max_len, None, f.min_count,
+    )
+
+
+@dataclass
+class _PeriodWriter:
+    """Buffers encoded rows of one period and appends them to its Parquet file."""
+
+    path: Path
+    cut: HoldoutCut
+    writer: pq.ParquetWriter | None = None
+    buffered: list[pa.Table] = field(default_factory=list)
+    buffered_rows: int = 0
+    ties_seen: int = 0
+    rows: int = 0
+    positives: int = 0
+    holdout_rows: int = 0
+    holdout_positives: int = 0
+    time_min: int = np.iinfo(np.int64).max
+    time_max: int = np.iinfo(np.int64).min
+    new_ids: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, table: pa.Table, label: np.ndarray, holdout: np.ndarray, time: np.ndarray) -> None:
+        self.rows += len(label)
+        self.positives += int(label.sum())
+        self.holdout_rows += int(holdout.sum())
+        self.holdout_positives += int(label[holdout].sum())
+        self.time_min = min(self.time_min, int(time.min()))
+        self.time_max = max(self.time_max, int(time.max()))
+        self.buffered.append(table)
+        self.buffered_rows += table.num_rows
+        if self.buffered_rows >= _FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffered:
+            return
+        table = pa.concat_tables(self.buffered)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table)
+        self.buffered, self.buffered_rows = [], 0
+
+    def close(self) -> None:
+        self.flush()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _write_periods(
+    source: RawSource,
+    splitter: PeriodSplitter,
+    encoder: RowEncoder,
+    cuts: dict[int, HoldoutCut],
+    ordinal: dict[int, int],
+    names: dict[int, str],
+    expected_rows: dict[int, int],
+    out: Path,
+    config: PrepareConfig,
+    progress: Progress | None,
+) -> list[PeriodInfo]:
+    (out / "periods").mkdir()
+    writers = {k: _PeriodWriter(out / "periods" / f"{i:03d}.parquet", cuts[k]) for k, i in ordinal.items()}
+    tracked = [f for f in source.features if f.kind == "categorical"]
+    row0 = 0
+    for batch in source.batches(config.chunk_rows):
+        time, keys = _period_keys(batch, splitter, row0)
+        row0 += batch.num_rows
+        label = column(batch, "label").to_numpy(zero_copy_only=False).astype(np.int8)
+        encoded = encoder.encode(batch)
+        for k in np.unique(keys[keys >= 0]):
+            w = writers[int(k)]
+            sel = np.flatnonzero(keys == k)
+            hold, w.ties_seen = w.cut.mask(time[sel], w.ties_seen)
+            take = pa.array(sel)
+            table = pa.table(
+                {
+                    "label": pa.array(label[sel]),
+                    "time": pa.array(time[sel]),
+                    "holdout": pa.array(hold),
+                    **{name: arr.take(take) for name, arr in encoded.items()},
+                }
+            )
+            p = ordinal[int(k)]
+            for f in tracked:
+                ids = encoded[f.name].to_numpy()[sel]
+                known = encoder.vocab_of(f).size_by_period[p - 1] if p > 0 else 2
+                w.new_ids[f.name] += int(np.count_nonzero((ids >= known) | (ids == OOV)))
+            w.add(table, label[sel], hold, time[sel])
+        if progress:
+            progress("encode", row0)
+    infos = []
+    for k, i in ordinal.items():
+        w = writers[k]
+        w.close()
+        if w.rows != expected_rows[k] or w.holdout_rows != cuts[k].holdout_rows:
+            raise FinedError(
+                f"the source yielded different rows on its second pass (period {names[k]}); "
+                "adapters must be deterministic"
+            )
+        infos.append(
+            PeriodInfo(
+                index=i, name=names[k], file=f"periods/{w.path.name}", rows=w.rows,
+                positives=w.positives, holdout_rows=w.holdout_rows,
+                holdout_positives=w.holdout_positives, time_min=w.time_min, time_max=w.time_max,
+                new_id_share={n: c / w.rows for n, c in w.new_ids.items()},
+            )
+        )
+    return infos

@@ -1,0 +1,158 @@
+"""Typed, validated descriptions of features, periods and a prepare job (pydantic).
+
+Validation messages name the offending key (``features.2.kind: ...``) so that a bad YAML file
+ends in one clear line, not a traceback.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fined.errors import FinedError
+
+FeatureKind = Literal["categorical", "numeric", "sequence"]
+Source = Literal["user", "item", "context"]
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FeatureSpec(StrictModel):
+    """One input field.
+
+    - ``categorical``: ids (int or str), mapped through an append-only vocabulary.
+    - ``numeric``: a float; ``transform: bucketize`` turns it into quantile-bucket ids (fitted on
+      the fit periods, then it behaves like a categorical field), ``scale`` standardizes it.
+    - ``sequence``: a list of ids (e.g. a behaviour history), truncated to the last ``max_len``
+      elements and right-padded with 0.
+    """
+
+    name: str
+    kind: FeatureKind
+    source: Source = "context"
+    column: str | None = None  # raw column name where it differs from `name` (table sources)
+    min_count: int = Field(1, ge=1)
+    vocab: str | None = None  # share the vocabulary (and embedding) of another feature
+    max_len: int = Field(20, ge=1)
+    delimiter: str = "^"  # list separator when a sequence arrives as text
+    transform: Literal["bucketize", "scale"] = "bucketize"
+    n_buckets: int = Field(10, ge=2)
+
+    @property
+    def raw_column(self) -> str:
+        return self.column or self.name
+
+    @property
+    def is_float(self) -> bool:
+        """True when the encoded value is a float, not an id."""
+        return self.kind == "numeric" and self.transform == "scale"
+
+
+class PeriodSpec(StrictModel):
+    """How rows are cut into consecutive periods, and how much of each is held out.
+
+    ``by``: a calendar unit of the row time stamp (``hour``/``day``/``week``/``month``, weeks
+    start on Monday), explicit ``boundaries`` (period i = [b_i, b_i+1)), ``rows`` (blocks of
+    rows, for logs in time order without time stamps), or ``key`` (a period key the source
+    supplies, e.g. the day in a file name).
+    """
+
+    by: Literal["hour", "day", "week", "month", "boundaries", "rows", "key"] = "day"
+    boundaries: list[datetime] | None = None
+    n_periods: int | None = Field(None, ge=1)
+    rows_per_period: int | None = Field(None, ge=2)
+    holdout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    min_rows: int = Field(2, ge=2)
+    utc_offset_hours: float = 0.0  # calendar units are cut in this local time
+    start: datetime | None = None  # rows before `start` or at/after `end` are dropped
+    end: datetime | None = None
+    allow_gaps: bool = False  # calendar units with no rows between the first and last
+
+    @model_validator(mode="after")
+    def _check(self) -> PeriodSpec:
+        if self.by == "boundaries" and (not self.boundaries or len(self.boundaries) < 2):
+            raise ValueError("by: boundaries needs `boundaries` with at least two time stamps")
+        if self.boundaries and sorted(self.boundaries) != self.boundaries:
+            raise ValueError("boundaries must be in increasing order")
+        if self.by == "rows" and (self.n_periods is None) == (self.rows_per_period is None):
+            raise ValueError("by: rows needs exactly one of `n_periods` or `rows_per_period`")
+        return self
+
+
+class PrepareConfig(StrictModel):
+    """A ``fined data prepare`` job: which dataset adapter, its options, periods, features."""
+
+    dataset: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    periods: PeriodSpec | None = None  # None: the adapter's default
+    features: list[FeatureSpec] | None = None  # None: the adapter's default
+    fit_periods: int = Field(1, ge=1)  # numeric quantiles/scales are fitted on these periods
+    user_key: str | None = None  # the feature that identifies a user (for gAUC)
+    chunk_rows: int = Field(262_144, ge=1)
+
+
+def check_features(features: list[FeatureSpec]) -> None:
+    """Cross-feature rules: unique names, shared vocabularies point at id features."""
+    names = [f.name for f in features]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise FinedError(f"features: duplicate name(s) {', '.join(dupes)}")
+    by_name = {f.name: f for f in features}
+    for f in features:
+        if f.vocab is None:
+            continue
+        owner = by_name.get(f.vocab)
+        if owner is None:
+            raise FinedError(f"features.{f.name}.vocab: no feature named {f.vocab!r}")
+        if owner.kind == "numeric" or owner.vocab is not None:
+            raise FinedError(
+                f"features.{f.name}.vocab: {f.vocab!r} must be a categorical or sequence "
+                "feature that owns its vocabulary"
+            )
+        if f.kind == "numeric":
+            raise FinedError(f"features.{f.name}.vocab: numeric features cannot share a vocabulary")
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    """One line per problem, each naming the key path, e.g. ``periods.by: Input should be ...``."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        parts.append(f"{loc}: {e['msg']}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def parse_model(model: type[BaseModel], data: Any, where: str) -> Any:
+    """Validate ``data`` into ``model`` or raise a FinedError naming the bad keys."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise FinedError(format_validation_error(err, where)) from None
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file; a missing file or a syntax error ends in a FinedError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FinedError(f"{path}: no such file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise FinedError(f"{path}: invalid YAML{at}: {getattr(err, 'problem', err)}") from None
+
+
+def load_prepare_config(path: str | Path) -> PrepareConfig:
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise FinedError(f"{path}: expected a mapping at the top level")
+    return parse_model(PrepareConfig, data, str(path))
