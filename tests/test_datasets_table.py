@@ -67,8 +67,9 @@ def test_criteo_original_layout_tab_separated_without_header(
     rows = (fixtures_dir / "criteo_sample.txt").read_text().splitlines()[1:]
     path = tmp_path / "day_0"
     path.write_text("\n".join(r.replace(",", "\t") for r in rows) + "\n")
-    tab = read_all(source("criteo", options={"path": str(path), "delimiter": "\t",
-                                             "header": False}))
+    tab = read_all(
+        source("criteo", options={"path": str(path), "delimiter": "\t", "header": False})
+    )
     comma = read_all(source("criteo", options={"path": str(fixtures_dir / "criteo_sample.txt")}))
     assert tab.equals(comma)
 
@@ -106,8 +107,9 @@ def test_avazu_fixture(fixtures_dir: Path) -> None:
 
 
 def test_avazu_periods_by_hour_override(fixtures_dir: Path) -> None:
-    src = source("avazu", options={"path": str(fixtures_dir / "avazu_sample.txt")},
-                 periods={"by": "hour"})
+    src = source(
+        "avazu", options={"path": str(fixtures_dir / "avazu_sample.txt")}, periods={"by": "hour"}
+    )
     assert src.periods.by == "hour"
 
 
@@ -139,9 +141,17 @@ def test_taobao_ad_joined_fixture(fixtures_dir: Path) -> None:
 
 def eleme_row(label: int, user: str, shop: str, shops: list[str], sep: str = ";") -> str:
     values = {c: "1" for c in ELEME_COLUMNS}
-    values.update(label=str(label), user_id=user, shop_id=shop, avg_price="",
-                  ctr_30="0.25", shop_id_list=sep.join(shops), price_list=sep.join(["12.5"] * 2),
-                  times="2020-03-01 10:00:00", geohash12="wtw3sjq6n6um")
+    values.update(
+        label=str(label),
+        user_id=user,
+        shop_id=shop,
+        avg_price="",
+        ctr_30="0.25",
+        shop_id_list=sep.join(shops),
+        price_list=sep.join(["12.5"] * 2),
+        times="2020-03-01 10:00:00",
+        geohash12="wtw3sjq6n6um",
+    )
     for c in ELEME_COLUMNS:
         if c.endswith("_list") and c not in ("shop_id_list", "price_list"):
             values[c] = sep.join(["7", "8"])
@@ -171,8 +181,7 @@ def test_eleme_files_periods_and_lists(tmp_path: Path) -> None:
     assert src.period_names() == {1: "D1", 2: "D2", 10: "D10"}
     assert src.periods.by == "key" and src.user_key == "user_id"
     assert t.column("label").to_pylist() == [0, 0, 1, 0, 0, 1, 0]
-    assert t.column("shop_id_list").to_pylist()[2:6] == [["s1"], ["s2", "s3"], ["s2", "s3"],
-                                                         ["s1"]]
+    assert t.column("shop_id_list").to_pylist()[2:6] == [["s1"], ["s2", "s3"], ["s2", "s3"], ["s1"]]
     assert t.column("shop_id_list")[6].as_py() == []
     assert t.column("price_list")[0].as_py() == ["12.5", "12.5"]
     assert t.column("avg_price")[0].as_py() is None and t.column("ctr_30")[0].as_py() == 0.25
@@ -209,16 +218,28 @@ def write_table(path: Path, lines: list[str]) -> Path:
 
 
 def table_job(path: Path, **options) -> dict:
-    return {"options": {"path": str(path), "delimiter": ";", "label": "click", "time": "ts",
-                        "time_format": "%Y/%m/%d %H:%M", "list_delimiter": ",", **options},
-            "features": TABLE_FEATURES}
+    return {
+        "options": {
+            "path": str(path),
+            "delimiter": ";",
+            "label": "click",
+            "time": "ts",
+            "time_format": "%Y/%m/%d %H:%M",
+            "list_delimiter": ",",
+            **options,
+        },
+        "features": TABLE_FEATURES,
+    }
 
 
 def test_table_csv(tmp_path: Path) -> None:
-    path = write_table(tmp_path / "log.csv", [
-        "1;2024/01/02 03:04;007;1.5;a,b;x|y;zz",
-        "0;2024/01/03 00:00;8;;;;",
-    ])
+    path = write_table(
+        tmp_path / "log.csv",
+        [
+            "1;2024/01/02 03:04;007;1.5;a,b;x|y;zz",
+            "0;2024/01/03 00:00;8;;;;",
+        ],
+    )
     src = source("table", **table_job(path), user_key="user")
     t = read_all(src)
     assert t.column_names == ["label", "time", "user", "score", "hist", "tags"]
@@ -235,8 +256,9 @@ def test_table_without_time_uses_running_row_numbers_over_files(tmp_path: Path) 
     for day, n in ((3, 2), (12, 3)):
         lines = [f"{i % 2};x;{i};{i};;" + ";" for i in range(n)]
         write_table(tmp_path / f"D{day}_log.csv", lines)
-    job = table_job(tmp_path / "D*_log.csv", time=None, period_from_file=r"D(\d+)_",
-                    period_name="day{key}")
+    job = table_job(
+        tmp_path / "D*_log.csv", time=None, period_from_file=r"D(\d+)_", period_name="day{key}"
+    )
     t = read_all(source("table", **job))
     assert t.column("time").to_pylist() == [0, 1, 2, 3, 4]
     assert t.column("period_key").to_pylist() == [3, 3, 12, 12, 12]
@@ -247,19 +269,33 @@ def test_table_without_time_uses_running_row_numbers_over_files(tmp_path: Path) 
 
 def test_table_parquet(tmp_path: Path) -> None:
     path = tmp_path / "part-0.parquet"
-    pq.write_table(pa.table({
-        "label": pa.array([1, 0, 1], pa.int64()),
-        "t": pa.array([1_700_000_000_000, 1_700_000_060_000, 1_700_090_000_000]),
-        "item": pa.array([10, None, 2**60], pa.int64()),
-        "price": pa.array([1, 2, 3], pa.int32()),
-        "seq": pa.array([[1, 2], [], [3]], pa.list_(pa.int64())),
-        "text": pa.array(["a^b", None, ""]),
-    }), path)
-    features = [{"name": "item", "kind": "categorical"}, {"name": "price", "kind": "numeric"},
-                {"name": "seq", "kind": "sequence", "vocab": "item"},
-                {"name": "text", "kind": "sequence"}]
-    t = read_all(source("table", options={"path": str(path), "time": "t",
-                                          "time_format": "unix_ms"}, features=features), 2)
+    pq.write_table(
+        pa.table(
+            {
+                "label": pa.array([1, 0, 1], pa.int64()),
+                "t": pa.array([1_700_000_000_000, 1_700_000_060_000, 1_700_090_000_000]),
+                "item": pa.array([10, None, 2**60], pa.int64()),
+                "price": pa.array([1, 2, 3], pa.int32()),
+                "seq": pa.array([[1, 2], [], [3]], pa.list_(pa.int64())),
+                "text": pa.array(["a^b", None, ""]),
+            }
+        ),
+        path,
+    )
+    features = [
+        {"name": "item", "kind": "categorical"},
+        {"name": "price", "kind": "numeric"},
+        {"name": "seq", "kind": "sequence", "vocab": "item"},
+        {"name": "text", "kind": "sequence"},
+    ]
+    t = read_all(
+        source(
+            "table",
+            options={"path": str(path), "time": "t", "time_format": "unix_ms"},
+            features=features,
+        ),
+        2,
+    )
     assert t.column("time").to_pylist() == [1_700_000_000, 1_700_000_060, 1_700_090_000]
     assert t.column("item").to_pylist() == [10, None, 2**60]  # int64 ids, exact
     assert t.column("price").type == pa.float64()
@@ -308,8 +344,9 @@ def test_bad_number_names_file_and_column(tmp_path: Path) -> None:
 
 def test_bad_option_key(fixtures_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(FinedError, match="options: delimeter: Extra inputs are not permitted"):
-        source("criteo", options={"path": str(fixtures_dir / "criteo_sample.txt"),
-                                  "delimeter": "\t"})
+        source(
+            "criteo", options={"path": str(fixtures_dir / "criteo_sample.txt"), "delimeter": "\t"}
+        )
     with pytest.raises(FinedError, match="options: .*header: false needs `column_names`"):
         source("table", **table_job(tmp_path, header=False))
 
@@ -320,3 +357,85 @@ def test_table_needs_features_and_a_time_for_calendar_periods(tmp_path: Path) ->
         source("table", options={"path": str(path)})
     with pytest.raises(FinedError, match="periods.by: day needs a time column"):
         source("table", **table_job(path, time=None), periods={"by": "day"})
+
+
+def test_parquet_files_that_disagree_on_a_type(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"label": [0, 1], "item": [1, 2]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"label": [0, 1], "item": ["x", "y"]}), tmp_path / "b.parquet")
+    src = source(
+        "table",
+        options={"path": str(tmp_path / "*.parquet")},
+        features=[{"name": "item", "kind": "categorical"}],
+    )
+    with pytest.raises(FinedError, match=r"b\.parquet: column 'item' is string, earlier rows"):
+        list(src.batches(10))
+
+
+# --- end to end: prepare() into encoded periods ---------------------------------------------
+
+
+@pytest.fixture
+def prepare():
+    return pytest.importorskip("fined.data.prepare").prepare
+
+
+def periods_of(fm) -> list[tuple[str, int]]:
+    return [(p.name, p.rows) for p in fm.periods]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "file", "expected"),
+    [
+        (
+            "criteo",
+            "criteo_sample.txt",
+            [*((f"rows{29 * i}", 29) for i in range(6)), ("rows174", 26)],
+        ),  # 7 blocks of ceil(200 / 7) rows
+        ("avazu", "avazu_sample.txt", [("2014-10-21", 100)]),
+        ("taobao_ad_joined", "taobao_ad_joined_sample.csv", [("2017-05-06", 100)]),
+    ],
+)
+def test_prepare_fixture(
+    prepare,
+    fixtures_dir: Path,
+    tmp_path: Path,
+    dataset: str,
+    file: str,
+    expected: list[tuple[str, int]],
+) -> None:
+    config = PrepareConfig(
+        dataset=dataset, options={"path": str(fixtures_dir / file)}, chunk_rows=37
+    )
+    fm = prepare(config, tmp_path / "out")
+    assert periods_of(fm) == expected
+    assert sum(p.rows for p in fm.periods) == sum(n for _, n in expected)
+    assert (tmp_path / "out" / "feature_map.json").is_file()
+
+
+def test_prepare_taobao_sequence_shares_adgroup_vocabulary(
+    prepare, fixtures_dir: Path, tmp_path: Path
+) -> None:
+    path = fixtures_dir / "taobao_ad_joined_sample.csv"
+    fm = prepare(
+        PrepareConfig(dataset="taobao_ad_joined", options={"path": str(path)}), tmp_path / "out"
+    )
+    rows = csv_rows(path)
+    ids = {r["adgroup_id"] for r in rows} | {
+        x for r in rows for x in r["click_sequence"].split("^") if x
+    }
+    assert fm.feature("click_sequence").vocab == "adgroup_id"
+    assert fm.feature("adgroup_id").vocab_size == len(ids) + 2  # + padding and OOV
+
+
+def test_prepare_eleme(prepare, tmp_path: Path) -> None:
+    config = PrepareConfig(dataset="eleme", options={"path": str(write_eleme(tmp_path / "in"))})
+    fm = prepare(config, tmp_path / "out")
+    assert periods_of(fm) == [("D1", 3), ("D2", 2), ("D10", 2)]
+
+
+def test_prepare_table(prepare, tmp_path: Path) -> None:
+    lines = [f"{i % 2};2024/01/0{1 + i // 3} 0{i}:00;{i};{i};a,b;x" for i in range(6)]
+    path = write_table(tmp_path / "log.csv", [f"{line};" for line in lines])
+    config = PrepareConfig.model_validate({"dataset": "table", **table_job(path)})
+    fm = prepare(config, tmp_path / "out")
+    assert periods_of(fm) == [("2024-01-01", 3), ("2024-01-02", 3)]

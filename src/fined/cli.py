@@ -46,9 +46,13 @@ def _parse_options(pairs: list[str]) -> dict:
 @data_app.command("prepare")
 def data_prepare(
     config: Annotated[Path | None, typer.Argument(help="A prepare config (YAML).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="A built-in dataset name instead of a config.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="A built-in dataset name instead of a config.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output directory (replaced atomically).")] = ...,
-    option: Annotated[list[str], typer.Option("--option", "-o", help="Adapter option KEY=VALUE.")] = [],  # noqa: B006
+    option: Annotated[
+        list[str], typer.Option("--option", "-o", help="Adapter option KEY=VALUE.")
+    ] = [],  # noqa: B006
     chunk_rows: Annotated[int | None, typer.Option(help="Rows per streamed chunk.")] = None,
 ) -> None:
     """Encode a dataset into one Parquet file per period plus feature_map.json."""
@@ -66,14 +70,18 @@ def data_prepare(
         cfg.chunk_rows = chunk_rows
 
     with console.status("preparing") as status:
+
         def progress(stage: str, rows: int) -> None:
-            status.update(f"{'pass 1/2: scanning' if stage == 'scan' else 'pass 2/2: encoding'} "
-                          f"{rows:,} rows")
+            status.update(
+                f"{'pass 1/2: scanning' if stage == 'scan' else 'pass 2/2: encoding'} {rows:,} rows"
+            )
 
         fmap = prepare(cfg, out, progress)
     rows = sum(p.rows for p in fmap.periods)
-    console.print(f"wrote {out}: {len(fmap.periods)} periods, {rows:,} rows, "
-                  f"{len(fmap.features)} features (fingerprint {fmap.fingerprint})")
+    console.print(
+        f"wrote {out}: {len(fmap.periods)} periods, {rows:,} rows, "
+        f"{len(fmap.features)} features (fingerprint {fmap.fingerprint})"
+    )
 
 
 @data_app.command("describe")

@@ -21,25 +21,45 @@ def period_table(fmap: FeatureMap) -> Table:
     drift = sorted(
         (f for f in fmap.features if f.kind == "categorical"), key=lambda f: -f.vocab_size
     )[:_DRIFT_COLUMNS]
-    table = Table(title=f"{fmap.dataset}: {len(fmap.periods)} periods, "
-                        f"{sum(p.rows for p in fmap.periods):,} rows")
+    table = Table(
+        title=f"{fmap.dataset}: {len(fmap.periods)} periods, "
+        f"{sum(p.rows for p in fmap.periods):,} rows"
+    )
     for name in ("#", "period", "first", "last", "rows", "held out", "CTR"):
-        table.add_column(name, justify="right" if name in ("#", "rows", "held out", "CTR") else "left")
+        table.add_column(
+            name, justify="right" if name in ("#", "rows", "held out", "CTR") else "left"
+        )
     for f in drift:
         table.add_column(f"new\n{f.name}", justify="right")
     for p in fmap.periods:
         shares = [f"{100 * p.new_id_share.get(f.name, 0.0):.1f}%" for f in drift]
         table.add_row(
-            str(p.index), p.name, _when(fmap, p.time_min), _when(fmap, p.time_max),
-            f"{p.rows:,}", f"{p.holdout_rows:,}", f"{p.ctr:.3f}", *shares,
+            str(p.index),
+            p.name,
+            _when(fmap, p.time_min),
+            _when(fmap, p.time_max),
+            f"{p.rows:,}",
+            f"{p.holdout_rows:,}",
+            f"{p.ctr:.3f}",
+            *shares,
         )
     total = sum(p.rows for p in fmap.periods)
     pos = sum(p.positives for p in fmap.periods)
     table.add_section()
-    table.add_row("", "all", "", "", f"{total:,}", f"{sum(p.holdout_rows for p in fmap.periods):,}",
-                  f"{pos / total:.3f}", *[""] * len(drift))
-    table.caption = ("new X: share of the period's rows whose X is unknown to a model trained on "
-                     "the earlier periods (not in their vocabulary, or rare -> OOV)")
+    table.add_row(
+        "",
+        "all",
+        "",
+        "",
+        f"{total:,}",
+        f"{sum(p.holdout_rows for p in fmap.periods):,}",
+        f"{pos / total:.3f}",
+        *[""] * len(drift),
+    )
+    table.caption = (
+        "new X: share of the period's rows whose X is unknown to a model trained on "
+        "the earlier periods (not in their vocabulary, or rare -> OOV)"
+    )
     return table
 
 
@@ -51,11 +71,18 @@ def feature_table(fmap: FeatureMap) -> Table:
         transform = ""
         if f.transform:
             t = f.transform
-            transform = (f"{len(t['boundaries']) + 1} quantile buckets" if t["kind"] == "bucketize"
-                         else f"scaled (mean {t['mean']:.3g}, std {t['std']:.3g})")
+            transform = (
+                f"{len(t['boundaries']) + 1} quantile buckets"
+                if t["kind"] == "bucketize"
+                else f"scaled (mean {t['mean']:.3g}, std {t['std']:.3g})"
+            )
         table.add_row(
-            f.name, f.kind, f.source, f.vocab if f.vocab != f.name else "own",
+            f.name,
+            f.kind,
+            f.source,
+            f.vocab if f.vocab != f.name else "own",
             f"{f.vocab_size:,}" if f.vocab_size else "-",
-            str(f.max_len) if f.kind == "sequence" else "", transform,
+            str(f.max_len) if f.kind == "sequence" else "",
+            transform,
         )
     return table

@@ -12,7 +12,9 @@ from fined.data.vocab import Vocabulary
 from fined.errors import FinedError
 
 
-def last_items(values: pa.Array | pa.ChunkedArray, max_len: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+def last_items(
+    values: pa.Array | pa.ChunkedArray, max_len: int
+) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """The last ``max_len`` elements of each list, flattened.
 
     Returns ``(items, row, col)``: the kept elements, the row each came from and its position
@@ -63,7 +65,9 @@ class RowEncoder:
                 items, row, pos = last_items(col, spec.max_len)
                 grid = np.zeros((len(batch), spec.max_len), dtype=np.int32)
                 grid[row, pos] = self.vocab_of(spec).lookup(items)
-                out[spec.name] = pa.FixedSizeListArray.from_arrays(pa.array(grid.ravel()), spec.max_len)
+                out[spec.name] = pa.FixedSizeListArray.from_arrays(
+                    pa.array(grid.ravel()), spec.max_len
+                )
         return out
 
 

@@ -101,7 +101,9 @@ class PeriodSplitter:
         if self.spec.by == "boundaries":
             missing = [k for k in range(len(self.bounds) - 1) if k not in rows]
             if missing:
-                raise FinedError(f"empty period {self.name(missing[0])}: no rows between its boundaries")
+                raise FinedError(
+                    f"empty period {self.name(missing[0])}: no rows between its boundaries"
+                )
         elif self.spec.by in ("hour", "day", "week", "month") and not self.spec.allow_gaps:
             gaps = sorted(set(range(keys[0], keys[-1] + 1)) - set(keys))
             if gaps:

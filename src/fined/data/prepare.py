@@ -47,6 +47,15 @@ class _Scan:
 def prepare(config: PrepareConfig, out: str | Path, progress: Progress | None = None) -> FeatureMap:
     """Encode the source named by ``config`` into ``out`` (replaced atomically)."""
     source = open_source(config)
+    try:
+        return _prepare(source, config, out, progress)
+    finally:
+        source.close()
+
+
+def _prepare(
+    source: RawSource, config: PrepareConfig, out: str | Path, progress: Progress | None
+) -> FeatureMap:
     check_features(source.features)
     spec = source.periods
     total = None
@@ -93,7 +102,9 @@ def prepare(config: PrepareConfig, out: str | Path, progress: Progress | None = 
     return fmap
 
 
-def _period_keys(batch: pa.RecordBatch, splitter: PeriodSplitter, row0: int) -> tuple[np.ndarray, np.ndarray]:
+def _period_keys(
+    batch: pa.RecordBatch, splitter: PeriodSplitter, row0: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-row time and period key (-1: outside every period)."""
     if splitter.spec.by == "rows":
         time = np.arange(row0, row0 + batch.num_rows, dtype=np.int64)
@@ -105,7 +116,9 @@ def _period_keys(batch: pa.RecordBatch, splitter: PeriodSplitter, row0: int) -> 
     return time, splitter.keys(time, pkey)
 
 
-def _scan(source: RawSource, splitter: PeriodSplitter, config: PrepareConfig, progress: Progress | None) -> _Scan:
+def _scan(
+    source: RawSource, splitter: PeriodSplitter, config: PrepareConfig, progress: Progress | None
+) -> _Scan:
     scan = _Scan()
     row0 = 0
     for batch in source.batches(config.chunk_rows):
@@ -121,7 +134,9 @@ def _scan(source: RawSource, splitter: PeriodSplitter, config: PrepareConfig, pr
             if f.kind == "numeric":
                 values = col.to_numpy(zero_copy_only=False).astype(np.float64)
                 for k in present:
-                    sample = scan.samples.setdefault((f.name, int(k)), BottomKSample(_NUMERIC_SAMPLE, int(k)))
+                    sample = scan.samples.setdefault(
+                        (f.name, int(k)), BottomKSample(_NUMERIC_SAMPLE, int(k))
+                    )
                     sample.add(values[keys == k])
                 continue
             if f.kind == "sequence":
@@ -138,13 +153,17 @@ def _scan(source: RawSource, splitter: PeriodSplitter, config: PrepareConfig, pr
     return scan
 
 
-def _grow_vocabularies(features: list[FeatureSpec], scan: _Scan, ordinal: dict[int, int]) -> dict[str, Vocabulary]:
+def _grow_vocabularies(
+    features: list[FeatureSpec], scan: _Scan, ordinal: dict[int, int]
+) -> dict[str, Vocabulary]:
     min_count = {f.name: f.min_count for f in features}
     vocabs = {}
     for owner in [f.name for f in features if f.kind != "numeric" and f.vocab is None]:
         counts = merge_counts(scan.counts.get(owner, []))
         counts = counts.with_columns(
-            pl.col("period").replace_strict(list(ordinal), list(ordinal.values()), return_dtype=pl.Int64)
+            pl.col("period").replace_strict(
+                list(ordinal), list(ordinal.values()), return_dtype=pl.Int64
+            )
         )
         vocabs[owner] = grow_vocabulary(counts, len(ordinal), min_count[owner])
     return vocabs
@@ -155,7 +174,9 @@ def _fit_sample(scan: _Scan, name: str, fit_keys: list[int]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0)
 
 
-def _feature_info(f: FeatureSpec, vocabs: dict[str, Vocabulary], transforms: dict[str, NumericTransform]) -> FeatureInfo:
+def _feature_info(
+    f: FeatureSpec, vocabs: dict[str, Vocabulary], transforms: dict[str, NumericTransform]
+) -> FeatureInfo:
     if f.kind == "numeric":
         t = transforms[f.name]
         n = t.vocab_size
@@ -163,8 +184,15 @@ def _feature_info(f: FeatureSpec, vocabs: dict[str, Vocabulary], transforms: dic
     vocab = vocabs[f.vocab or f.name]
     max_len = f.max_len if f.kind == "sequence" else 1
     return FeatureInfo(
-        f.name, f.kind, f.source, f.vocab or f.name, len(vocab), list(vocab.size_by_period),
-        max_len, None, f.min_count,
+        f.name,
+        f.kind,
+        f.source,
+        f.vocab or f.name,
+        len(vocab),
+        list(vocab.size_by_period),
+        max_len,
+        None,
+        f.min_count,
     )
 
 
@@ -186,7 +214,9 @@ class _PeriodWriter:
     time_max: int = np.iinfo(np.int64).min
     new_ids: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
-    def add(self, table: pa.Table, label: np.ndarray, holdout: np.ndarray, time: np.ndarray) -> None:
+    def add(
+        self, table: pa.Table, label: np.ndarray, holdout: np.ndarray, time: np.ndarray
+    ) -> None:
         self.rows += len(label)
         self.positives += int(label.sum())
         self.holdout_rows += int(holdout.sum())
@@ -226,7 +256,9 @@ def _write_periods(
     progress: Progress | None,
 ) -> list[PeriodInfo]:
     (out / "periods").mkdir()
-    writers = {k: _PeriodWriter(out / "periods" / f"{i:03d}.parquet", cuts[k]) for k, i in ordinal.items()}
+    writers = {
+        k: _PeriodWriter(out / "periods" / f"{i:03d}.parquet", cuts[k]) for k, i in ordinal.items()
+    }
     tracked = [f for f in source.features if f.kind == "categorical"]
     row0 = 0
     for batch in source.batches(config.chunk_rows):
@@ -266,9 +298,15 @@ def _write_periods(
             )
         infos.append(
             PeriodInfo(
-                index=i, name=names[k], file=f"periods/{w.path.name}", rows=w.rows,
-                positives=w.positives, holdout_rows=w.holdout_rows,
-                holdout_positives=w.holdout_positives, time_min=w.time_min, time_max=w.time_max,
+                index=i,
+                name=names[k],
+                file=f"periods/{w.path.name}",
+                rows=w.rows,
+                positives=w.positives,
+                holdout_rows=w.holdout_rows,
+                holdout_positives=w.holdout_positives,
+                time_min=w.time_min,
+                time_max=w.time_max,
                 new_id_share={n: c / w.rows for n, c in w.new_ids.items()},
             )
         )

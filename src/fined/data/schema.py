@@ -6,16 +6,28 @@ ends in one clear line, not a traceback.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from fined.errors import FinedError
 
 FeatureKind = Literal["categorical", "numeric", "sequence"]
+# A path option given as text (YAML) or as a Path object (library users); kept as text.
+PathText = Annotated[
+    str, BeforeValidator(lambda v: os.fspath(v) if isinstance(v, os.PathLike) else v)
+]
 Source = Literal["user", "item", "context"]
 
 

@@ -75,7 +75,9 @@ class Vocabulary:
             top = pc.max(arr).as_py()
             if top < _DENSE_LOOKUP_MAX:
                 table = np.full(top + 1, OOV, dtype=np.int32)
-                table[np.asarray(self.ids, dtype=np.int64)] = np.arange(2, len(self), dtype=np.int32)
+                table[np.asarray(self.ids, dtype=np.int64)] = np.arange(
+                    2, len(self), dtype=np.int32
+                )
                 result: tuple[str, Any] = ("dense", table)
                 self._lookup_cache = (len(self.ids), result)
                 return result
@@ -111,11 +113,7 @@ def merge_counts(parts: list[pl.DataFrame]) -> pl.DataFrame:
         return pl.DataFrame(schema={"value": pl.Int64, "period": pl.Int64, "count": pl.UInt32})
     dtype = _common_id_type([f.schema["value"] for f in frames])
     frames = [f.with_columns(pl.col("value").cast(dtype)) for f in frames]
-    return (
-        pl.concat(frames)
-        .group_by(["value", "period"])
-        .agg(pl.col("count").sum())
-    )
+    return pl.concat(frames).group_by(["value", "period"]).agg(pl.col("count").sum())
 
 
 def _common_id_type(types: list[pl.DataType]) -> pl.DataType:

@@ -14,7 +14,7 @@ _REGISTRY: dict[str, Builder] = {}
 
 # Modules that register adapters when imported; listed here so that the registry is complete
 # without importing every adapter's dependencies up front.
-_MODULES = ("movielens", "synthetic", "table", "taobao")
+_MODULES = ("movielens", "synthetic", "table", "presets", "taobao")
 
 
 def register(name: str) -> Callable[[Builder], Builder]:

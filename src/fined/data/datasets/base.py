@@ -47,6 +47,10 @@ class RawSource(Protocol):
         """JSON documents written beside the data (e.g. the synthetic ground truth)."""
         ...
 
+    def close(self) -> None:
+        """Release temporary files; called once the encoder is done with the source."""
+        ...
+
 
 class BaseSource:
     """Defaults for the optional parts of the contract; adapters subclass it."""
@@ -66,3 +70,6 @@ class BaseSource:
 
     def extra_files(self) -> dict[str, Any]:
         return {}
+
+    def close(self) -> None:
+        return None

@@ -25,7 +25,7 @@ def binary_label(values: pa.Array | pa.ChunkedArray, column: str) -> pa.Array:
     arr = as_float.to_numpy(zero_copy_only=False)
     bad = arr[(arr != 0) & (arr != 1)]
     if bad.size:
-        raise FinedError(f"label column {column!r}: non-binary value {bad[0]!r} (expected 0 or 1)")
+        raise FinedError(f"label column {column!r}: non-binary value {bad[0]:g} (expected 0 or 1)")
     return pa.array(arr.astype(np.int8))
 
 
@@ -41,21 +41,13 @@ def _first_bad_number(values: pa.Array | pa.ChunkedArray) -> str:
 def parse_time(values: pa.Array | pa.ChunkedArray, fmt: str, column: str) -> pa.Array:
     """Parse a time column into int64 unix seconds.
 
-    ``fmt``: ``unix`` (seconds), ``unix_ms``, ``yymmddhh`` (Avazu's ``hour``), or a strptime
-    format such as ``%Y-%m-%d %H:%M:%S`` (read as UTC).
+    ``fmt``: ``unix`` (seconds, fractions floored), ``unix_ms``, ``yymmddhh`` (Avazu's
+    ``hour``), or a strptime format such as ``%Y-%m-%d %H:%M:%S`` (read as UTC).
     """
     if values.null_count:
         raise FinedError(f"time column {column!r}: {values.null_count} empty value(s)")
     try:
-        if fmt in ("unix", "unix_ms"):
-            secs = pc.cast(pc.cast(values, pa.float64()), pa.int64())
-            return pc.divide(secs, 1000) if fmt == "unix_ms" else secs
-        if fmt == "yymmddhh":
-            text = pc.cast(values, pa.string())
-            stamp = pc.strptime(pc.binary_join_element_wise("20", text, ""), "%Y%m%d%H", "s")
-            return pc.cast(stamp, pa.int64())
-        stamp = pc.strptime(pc.cast(values, pa.string()), fmt, "s")
-        return pc.cast(stamp, pa.int64())
+        return _convert_time(values, fmt)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
         example = _first_unparsable(values, fmt)
         raise FinedError(
@@ -63,11 +55,22 @@ def parse_time(values: pa.Array | pa.ChunkedArray, fmt: str, column: str) -> pa.
         ) from None
 
 
+def _convert_time(values: pa.Array | pa.ChunkedArray, fmt: str) -> pa.Array:
+    """The conversion itself; raises Arrow errors on bad values."""
+    if fmt in ("unix", "unix_ms"):
+        secs = pc.cast(pc.floor(pc.cast(values, pa.float64())), pa.int64())
+        return pc.divide(secs, 1000) if fmt == "unix_ms" else secs
+    text = pc.cast(values, pa.string())
+    if fmt == "yymmddhh":
+        text, fmt = pc.binary_join_element_wise("20", text, ""), "%Y%m%d%H"
+    return pc.cast(pc.strptime(text, fmt, "s"), pa.int64())
+
+
 def _first_unparsable(values: pa.Array | pa.ChunkedArray, fmt: str) -> str:
     for v in values.to_pylist():
         try:
-            parse_time(pa.array([v]), fmt, "")
-        except FinedError:
+            _convert_time(pa.array([v]), fmt)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return str(v)
     return "?"
 

@@ -26,6 +26,9 @@ def events_before(
     del users
     ev_rank, q_rank = inverse[: len(event_user)], inverse[len(event_user) :]
     t0 = min(event_time.min(initial=0), query_time.min(initial=0))
+    t1 = max(event_time.max(initial=0), query_time.max(initial=0))
+    if t1 - t0 >= 1 << 32:
+        raise ValueError("events_before: times must span < 2^32 (use seconds, not milliseconds)")
     # One sortable int64 key per (user, time): user rank in the high bits, time in the low 32.
     ev_key = (ev_rank.astype(np.int64) << 32) | (event_time.astype(np.int64) - t0)
     q_key = (q_rank.astype(np.int64) << 32) | (query_time.astype(np.int64) - t0)

@@ -20,14 +20,21 @@ import pyarrow.csv as pacsv
 from fined.data.datasets import register
 from fined.data.datasets.base import BaseSource
 from fined.data.datasets.history import events_before
-from fined.data.schema import FeatureSpec, PeriodSpec, PrepareConfig, StrictModel, parse_model
+from fined.data.schema import (
+    FeatureSpec,
+    PathText,
+    PeriodSpec,
+    PrepareConfig,
+    StrictModel,
+    parse_model,
+)
 from fined.errors import FinedError
 
 AGE_EDGES = [18, 25, 35, 45, 50, 56]  # the MovieLens-1M age groups
 
 
 class MovieLensOptions(StrictModel):
-    path: str | None = None  # a directory with ml-100k.{inter,user,item}; default: the wheel's
+    path: PathText | None = None  # a directory with ml-100k.{inter,user,item}; default: the wheel's
     history_max_len: int = 20
 
 
@@ -93,13 +100,29 @@ class MovieLensSource(BaseSource):
 
     def _build(self) -> pa.Table:
         d = self.directory
-        inter = _read(d / "ml-100k.inter", {"user_id": pa.int64(), "item_id": pa.int64(),
-                                            "rating": pa.float64(), "timestamp": pa.float64()})
-        users = _read(d / "ml-100k.user", {"user_id": pa.int64(), "age": pa.int64(),
-                                           "gender": pa.string(), "occupation": pa.string(),
-                                           "zip_code": pa.string()})
-        items = _read(d / "ml-100k.item", {"item_id": pa.int64(), "release_year": pa.string(),
-                                           "class": pa.string()})
+        inter = _read(
+            d / "ml-100k.inter",
+            {
+                "user_id": pa.int64(),
+                "item_id": pa.int64(),
+                "rating": pa.float64(),
+                "timestamp": pa.float64(),
+            },
+        )
+        users = _read(
+            d / "ml-100k.user",
+            {
+                "user_id": pa.int64(),
+                "age": pa.int64(),
+                "gender": pa.string(),
+                "occupation": pa.string(),
+                "zip_code": pa.string(),
+            },
+        )
+        items = _read(
+            d / "ml-100k.item",
+            {"item_id": pa.int64(), "release_year": pa.string(), "class": pa.string()},
+        )
         # Time order (stable), so that row order, held-out tails and histories agree.
         time = pc.cast(inter["timestamp"], pa.int64()).to_numpy()
         order = np.argsort(time, kind="stable")
@@ -108,8 +131,9 @@ class MovieLensSource(BaseSource):
         user = inter["user_id"].to_numpy()
         item = inter["item_id"].to_numpy()
 
-        users = users.append_column("age_group", pa.array(
-            np.searchsorted(AGE_EDGES, users["age"].to_numpy(), side="right")))
+        users = users.append_column(
+            "age_group", pa.array(np.searchsorted(AGE_EDGES, users["age"].to_numpy(), side="right"))
+        )
         users = users.append_column("zip", pc.utf8_slice_codeunits(users["zip_code"], 0, 3))
         # A few rows carry no usable year ("unkonwn", "V"): those become null (-> OOV).
         raw_year = items["release_year"]
@@ -123,10 +147,13 @@ class MovieLensSource(BaseSource):
         u = _index_by(users["user_id"].to_numpy(), user, "user")
         it = _index_by(items["item_id"].to_numpy(), item, "item")
         offsets, events = events_before(user, time, user, time, self.max_len)
-        hist_items = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(item[events]))
+        hist_items = pa.ListArray.from_arrays(
+            pa.array(offsets.astype(np.int32)), pa.array(item[events])
+        )
         first_genre = items["genre"].take(pa.array(it)).combine_chunks()
-        hist_genres = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
-                                               first_genre.take(pa.array(events)))
+        hist_genres = pa.ListArray.from_arrays(
+            pa.array(offsets.astype(np.int32)), first_genre.take(pa.array(events))
+        )
         stamp = pa.array(time.astype("datetime64[s]"))
         label = (inter["rating"].to_numpy() >= 4).astype(np.int8)
         columns = {
@@ -150,7 +177,9 @@ class MovieLensSource(BaseSource):
         if missing:
             known = ", ".join(list(columns)[2:])
             raise FinedError(f"movielens100k has no feature {missing[0]!r}; it has {known}")
-        return pa.table({k: columns[k] for k in ["label", "time"] + [f.name for f in self.features]})
+        return pa.table(
+            {k: columns[k] for k in ["label", "time"] + [f.name for f in self.features]}
+        )
 
 
 def _index_by(keys: np.ndarray, values: np.ndarray, what: str) -> np.ndarray:

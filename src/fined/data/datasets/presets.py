@@ -31,6 +31,7 @@ from fined.data.datasets.table import TableOptions, TableSource
 from fined.data.schema import (
     FeatureKind,
     FeatureSpec,
+    PathText,
     PeriodSpec,
     PrepareConfig,
     Source,
@@ -39,25 +40,33 @@ from fined.data.schema import (
 )
 
 
-def _spec(name: str, kind: FeatureKind = "categorical", source: Source = "context",
-          **extra: object) -> FeatureSpec:
+def _spec(
+    name: str, kind: FeatureKind = "categorical", source: Source = "context", **extra: object
+) -> FeatureSpec:
     return FeatureSpec.model_validate({"name": name, "kind": kind, "source": source, **extra})
 
 
-def _source(name: str, config: PrepareConfig, table: TableOptions,
-            features: list[FeatureSpec], periods: PeriodSpec, user_key: str | None) -> TableSource:
+def _source(
+    name: str,
+    config: PrepareConfig,
+    table: TableOptions,
+    features: list[FeatureSpec],
+    periods: PeriodSpec,
+    user_key: str | None,
+) -> TableSource:
     """The table source with the job's overrides; the default user key only if it is a feature."""
     features = config.features or features
     if config.user_key is None and user_key not in {f.name for f in features}:
         user_key = None
-    return TableSource(name, table, features, config.periods or periods,
-                       config.user_key or user_key)
+    return TableSource(
+        name, table, features, config.periods or periods, config.user_key or user_key
+    )
 
 
 class PathOptions(StrictModel):
     """Options of a preset whose only setting is where the files are."""
 
-    path: str  # a file, a directory or a glob
+    path: PathText  # a file, a directory or a glob
 
 
 # --- Criteo ---------------------------------------------------------------------------------
@@ -73,8 +82,12 @@ class CriteoOptions(PathOptions):
 @register("criteo")
 def build_criteo(config: PrepareConfig) -> TableSource:
     o = parse_model(CriteoOptions, config.options, "options")
-    table = TableOptions(path=o.path, delimiter=o.delimiter, header=o.header,
-                         column_names=None if o.header else CRITEO_COLUMNS)
+    table = TableOptions(
+        path=o.path,
+        delimiter=o.delimiter,
+        header=o.header,
+        column_names=None if o.header else CRITEO_COLUMNS,
+    )
     features = [_spec(c, "numeric") for c in CRITEO_COLUMNS[1:14]]
     features += [_spec(c) for c in CRITEO_COLUMNS[14:]]
     return _source("criteo", config, table, features, PeriodSpec(by="rows", n_periods=7), None)
@@ -83,9 +96,23 @@ def build_criteo(config: PrepareConfig) -> TableSource:
 # --- Avazu ----------------------------------------------------------------------------------
 
 AVAZU_COLUMNS = [
-    "id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain", "site_category",
-    "app_id", "app_domain", "app_category", "device_id", "device_ip", "device_model",
-    "device_type", "device_conn_type", *(f"C{i}" for i in range(14, 22)),
+    "id",
+    "click",
+    "hour",
+    "C1",
+    "banner_pos",
+    "site_id",
+    "site_domain",
+    "site_category",
+    "app_id",
+    "app_domain",
+    "app_category",
+    "device_id",
+    "device_ip",
+    "device_model",
+    "device_type",
+    "device_conn_type",
+    *(f"C{i}" for i in range(14, 22)),
 ]
 
 
@@ -98,8 +125,13 @@ def _avazu_source(column: str) -> Source:
 @register("avazu")
 def build_avazu(config: PrepareConfig) -> TableSource:
     o = parse_model(PathOptions, config.options, "options")
-    table = TableOptions(path=o.path, label="click", time="hour", time_format="yymmddhh",
-                         derive_from_time={"hour_of_day": "hour_of_day", "weekday": "weekday"})
+    table = TableOptions(
+        path=o.path,
+        label="click",
+        time="hour",
+        time_format="yymmddhh",
+        derive_from_time={"hour_of_day": "hour_of_day", "weekday": "weekday"},
+    )
     features = [_spec(c, source=_avazu_source(c)) for c in AVAZU_COLUMNS[3:]]
     features += [_spec("hour_of_day"), _spec("weekday")]
     return _source("avazu", config, table, features, PeriodSpec(by="day"), "device_id")
@@ -107,23 +139,32 @@ def build_avazu(config: PrepareConfig) -> TableSource:
 
 # --- TaobaoAd_x1 (BARS joined CSV) ----------------------------------------------------------
 
-TAOBAO_USER = ["userid", "cms_segid", "cms_group_id", "final_gender_code", "age_level",
-               "pvalue_level", "shopping_level", "occupation", "new_user_class_level"]
+TAOBAO_USER = [
+    "userid",
+    "cms_segid",
+    "cms_group_id",
+    "final_gender_code",
+    "age_level",
+    "pvalue_level",
+    "shopping_level",
+    "occupation",
+    "new_user_class_level",
+]
 TAOBAO_AD = ["adgroup_id", "cate_id", "campaign_id", "customer", "brand"]
 
 
 @register("taobao_ad_joined")
 def build_taobao_ad_joined(config: PrepareConfig) -> TableSource:
     o = parse_model(PathOptions, config.options, "options")
-    table = TableOptions(path=o.path, label="clk", time="time_stamp",
-                         time_format="%Y-%m-%d %H:%M:%S")
+    table = TableOptions(
+        path=o.path, label="clk", time="time_stamp", time_format="%Y-%m-%d %H:%M:%S"
+    )
     features = [
         *(_spec(c, source="user") for c in TAOBAO_USER),
         *(_spec(c, source="item") for c in TAOBAO_AD),
         _spec("pid"),
         _spec("price", "numeric", "item"),
-        _spec("click_sequence", "sequence", "user", vocab="adgroup_id", max_len=50,
-              delimiter="^"),
+        _spec("click_sequence", "sequence", "user", vocab="adgroup_id", max_len=50, delimiter="^"),
     ]
     return _source("taobao_ad_joined", config, table, features, PeriodSpec(by="day"), "userid")
 
@@ -132,22 +173,70 @@ def build_taobao_ad_joined(config: PrepareConfig) -> TableSource:
 
 ELEME_USER = ["user_id", "gender", "visit_city", "is_super_vip"]
 ELEME_USER_NUMERIC = ["avg_price", "ctr_30", "ord_30", "total_amt_30"]
-ELEME_ITEM = ["shop_id", "item_id", "city_id", "district_id", "shop_aoi_id", "shop_geohash_6",
-              "shop_geohash_12", "brand_id", "category_1_id", "merge_standard_food_id"]
+ELEME_ITEM = [
+    "shop_id",
+    "item_id",
+    "city_id",
+    "district_id",
+    "shop_aoi_id",
+    "shop_geohash_6",
+    "shop_geohash_12",
+    "brand_id",
+    "category_1_id",
+    "merge_standard_food_id",
+]
 ELEME_ITEM_NUMERIC = ["rank_7", "rank_30", "rank_90"]
-ELEME_ID_LISTS = ["shop_id", "item_id", "category_1_id", "merge_standard_food_id", "brand_id",
-                  "shop_aoi_id", "shop_geohash_6"]  # `{name}_list` shares `{name}`'s vocabulary
-ELEME_TOKEN_LISTS = ["price_list", "timediff_list", "hours_list", "time_type_list",
-                     "weekdays_list"]
+ELEME_ID_LISTS = [
+    "shop_id",
+    "item_id",
+    "category_1_id",
+    "merge_standard_food_id",
+    "brand_id",
+    "shop_aoi_id",
+    "shop_geohash_6",
+]  # `{name}_list` shares `{name}`'s vocabulary
+ELEME_TOKEN_LISTS = ["price_list", "timediff_list", "hours_list", "time_type_list", "weekdays_list"]
 ELEME_CONTEXT = ["hours", "time_type", "weekdays", "geohash12"]
 ELEME_COLUMNS = [  # the 39 columns of every D{day}_{part}.csv, in file order
-    "label", "user_id", "gender", "visit_city", "avg_price", "is_super_vip", "ctr_30",
-    "ord_30", "total_amt_30", "shop_id", "item_id", "city_id", "district_id", "shop_aoi_id",
-    "shop_geohash_6", "shop_geohash_12", "brand_id", "category_1_id", "merge_standard_food_id",
-    "rank_7", "rank_30", "rank_90", "shop_id_list", "item_id_list", "category_1_id_list",
-    "merge_standard_food_id_list", "brand_id_list", "price_list", "shop_aoi_id_list",
-    "shop_geohash_6_list", "timediff_list", "hours_list", "time_type_list", "weekdays_list",
-    "times", "hours", "time_type", "weekdays", "geohash12",
+    "label",
+    "user_id",
+    "gender",
+    "visit_city",
+    "avg_price",
+    "is_super_vip",
+    "ctr_30",
+    "ord_30",
+    "total_amt_30",
+    "shop_id",
+    "item_id",
+    "city_id",
+    "district_id",
+    "shop_aoi_id",
+    "shop_geohash_6",
+    "shop_geohash_12",
+    "brand_id",
+    "category_1_id",
+    "merge_standard_food_id",
+    "rank_7",
+    "rank_30",
+    "rank_90",
+    "shop_id_list",
+    "item_id_list",
+    "category_1_id_list",
+    "merge_standard_food_id_list",
+    "brand_id_list",
+    "price_list",
+    "shop_aoi_id_list",
+    "shop_geohash_6_list",
+    "timediff_list",
+    "hours_list",
+    "time_type_list",
+    "weekdays_list",
+    "times",
+    "hours",
+    "time_type",
+    "weekdays",
+    "geohash12",
 ]
 
 
@@ -159,9 +248,15 @@ class ElemeOptions(PathOptions):
 @register("eleme")
 def build_eleme(config: PrepareConfig) -> TableSource:
     o = parse_model(ElemeOptions, config.options, "options")
-    table = TableOptions(path=o.path, header=False, column_names=ELEME_COLUMNS,
-                         period_from_file=r"D(\d+)_", period_name="D{key}",
-                         dir_glob="D*_*.csv", list_delimiter=o.list_delimiter)
+    table = TableOptions(
+        path=o.path,
+        header=False,
+        column_names=ELEME_COLUMNS,
+        period_from_file=r"D(\d+)_",
+        period_name="D{key}",
+        dir_glob="D*_*.csv",
+        list_delimiter=o.list_delimiter,
+    )
     seq = {"kind": "sequence", "source": "user", "max_len": o.max_len}
     features = [
         *(_spec(c, source="user") for c in ELEME_USER),

@@ -55,11 +55,15 @@ class SyntheticOptions(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> SyntheticOptions:
         if isinstance(self.cardinality, list) and len(self.cardinality) != self.n_fields:
-            raise ValueError(f"cardinality has {len(self.cardinality)} entries for {self.n_fields} fields")
+            raise ValueError(
+                f"cardinality has {len(self.cardinality)} entries for {self.n_fields} fields"
+            )
         if any(o < 2 or o > self.n_fields for o in self.pattern_orders):
             raise ValueError("pattern_orders must lie between 2 and n_fields")
         if self.regimes is not None and len(self.regimes) != self.n_periods:
-            raise ValueError(f"regimes has {len(self.regimes)} entries for {self.n_periods} periods")
+            raise ValueError(
+                f"regimes has {len(self.regimes)} entries for {self.n_periods} periods"
+            )
         return self
 
 
@@ -74,7 +78,9 @@ class SyntheticSource(BaseSource):
         self.field_names = [f"f{j:02d}" for j in range(o.n_fields)]
         self.numeric_names = [f"x{j:02d}" for j in range(o.n_numeric)]
         features = [
-            FeatureSpec(name=n, kind="categorical", source=_SOURCES[min(j, 2)] if j < 2 else _SOURCES[j % 3])
+            FeatureSpec(
+                name=n, kind="categorical", source=_SOURCES[min(j, 2)] if j < 2 else _SOURCES[j % 3]
+            )
             for j, n in enumerate(self.field_names)
         ] + [FeatureSpec(name=n, kind="numeric", transform="bucketize") for n in self.numeric_names]
         super().__init__(config.features or features, config.periods or PeriodSpec(by="day"))
@@ -155,14 +161,18 @@ class SyntheticSource(BaseSource):
     # -- rows --------------------------------------------------------------------------------
     def _sign(self, j: int, ids: np.ndarray) -> np.ndarray:
         """A fixed pseudo-random +-1 per (field, id), also for ids born later."""
-        h = (ids.astype(np.uint64) * np.uint64(2654435761) + np.uint64(self.sign_salt[j])) >> np.uint64(13)
+        h = (
+            ids.astype(np.uint64) * np.uint64(2654435761) + np.uint64(self.sign_salt[j])
+        ) >> np.uint64(13)
         return np.where(h & np.uint64(1), 1.0, -1.0)
 
     def batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         o = self.o
         per_period = np.full(o.n_periods, o.n_rows // o.n_periods)
         per_period[: o.n_rows % o.n_periods] += 1
-        day0 = int(datetime(o.start.year, o.start.month, o.start.day, tzinfo=timezone.utc).timestamp())
+        day0 = int(
+            datetime(o.start.year, o.start.month, o.start.day, tzinfo=timezone.utc).timestamp()
+        )
         cdfs = [_zipf_cdf(int(c), o.zipf) for c in self.card]
         for t in range(o.n_periods):
             for b, lo in enumerate(range(0, int(per_period[t]), _BLOCK)):
@@ -188,7 +198,11 @@ class SyntheticSource(BaseSource):
             logit += numeric @ self.numeric_w
         label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
         # Times spread evenly over the period's day, increasing with the row number.
-        time = day0 + t * 86400 + ((lo + np.arange(n) + rng.random(n)) * 86400 / period_rows).astype(np.int64)
+        time = (
+            day0
+            + t * 86400
+            + ((lo + np.arange(n) + rng.random(n)) * 86400 / period_rows).astype(np.int64)
+        )
         cols["label"] = pa.array(label)
         cols["time"] = pa.array(time)
         cols.update({name: pa.array(ids[j]) for j, name in enumerate(self.field_names)})

@@ -41,6 +41,7 @@ from fined.data.datasets.base import BaseSource
 from fined.data.datasets.columns import binary_label, parse_time, split_list
 from fined.data.schema import (
     FeatureSpec,
+    PathText,
     PeriodSpec,
     PrepareConfig,
     StrictModel,
@@ -57,7 +58,7 @@ _BLOCK_BYTES = 4 << 20  # CSV read block: memory per file stays a few blocks
 class TableOptions(StrictModel):
     """``options`` of a ``table`` job; the presets fill the same model."""
 
-    path: str  # a file, a directory, or a glob
+    path: PathText  # a file, a directory, or a glob
     format: Literal["csv", "parquet"] | None = None  # None: from the file suffix
     delimiter: str = Field(",", min_length=1, max_length=1)
     header: bool = True
@@ -156,27 +157,6 @@ def _time_part(seconds: np.ndarray, part: TimePart) -> np.ndarray:
     return (seconds // 86400 + 3) % 7  # Monday = 0; 1970-01-01 was a Thursday
 
 
-def _parse_time(values: pa.Array, fmt: str, column: str) -> pa.Array:
-    """``columns.parse_time``, guarded against its error path.
-
-    Workaround: ``columns._first_unparsable`` calls ``parse_time`` on one value, whose failure
-    calls ``_first_unparsable`` again, so any bad time stamp ends in a RecursionError instead
-    of a FinedError. Remove this guard once columns.py is fixed.
-    """
-    try:
-        return parse_time(values, fmt, column)
-    except RecursionError:
-        pass
-    example = "?"
-    for v in values.to_pylist():
-        try:
-            parse_time(pa.array([v], values.type), fmt, column)
-        except RecursionError:
-            example = str(v)
-            break
-    raise FinedError(f"time column {column!r}: cannot parse {example!r} as {fmt!r}") from None
-
-
 def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
     """Regroup a stream of batches into batches of ``rows`` rows (the last one shorter)."""
     buf: list[pa.RecordBatch] = []
@@ -229,7 +209,9 @@ class TableSource(BaseSource):
         needed = [options.label, *([options.time] if options.time else [])]
         needed += [f.raw_column for f in features if f.raw_column not in self.derived]
         self.needed = list(dict.fromkeys(needed))
+        # Label and time stay text (their parsers take text); numeric columns are float64.
         numeric = {f.raw_column for f in features if f.kind == "numeric"}
+        numeric -= {options.label, options.time}
         self.csv_types = {c: pa.float64() if c in numeric else pa.string() for c in self.needed}
 
     @staticmethod
@@ -257,12 +239,21 @@ class TableSource(BaseSource):
 
     def _standard_batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         row = 0  # running row number over all files: the time of sources without one
+        schema = None  # every batch must match the first (Parquet files may disagree)
         for path in self.files:
             for raw in self._raw_batches(path, chunk_rows):
                 try:
-                    yield self._standardize(raw, row, self.keys[path])
+                    batch = self._standardize(raw, row, self.keys[path])
                 except FinedError as err:
                     raise FinedError(f"{path}: {err}") from None
+                schema = schema or batch.schema
+                if not batch.schema.equals(schema):
+                    bad = next(f for f in batch.schema if f != schema.field(f.name))
+                    raise FinedError(
+                        f"{path}: column {bad.name!r} is {bad.type}, "
+                        f"earlier rows had {schema.field(bad.name).type}"
+                    )
+                yield batch
                 row += raw.num_rows
 
     def _check_columns(self, path: Path, present: list[str]) -> None:
@@ -344,7 +335,7 @@ class TableSource(BaseSource):
     def _parse_time(self, values: pa.Array) -> pa.Array:
         if pa.types.is_timestamp(values.type):  # Parquet time stamps need no format
             return pc.cast(pc.cast(values, pa.timestamp("s"), safe=False), pa.int64())
-        return _parse_time(values, self.options.time_format, self.options.time)
+        return parse_time(values, self.options.time_format, self.options.time)
 
     @staticmethod
     def _as_float(values: pa.Array, column: str) -> pa.Array:
@@ -374,7 +365,3 @@ def build_table(config: PrepareConfig) -> TableSource:
         )
     periods = config.periods or default_periods(options)
     return TableSource("table", options, config.features, periods, config.user_key)
-
-
-# The presets register themselves on import; the registry imports only this module.
-from fined.data.datasets import presets  # noqa: E402,F401

@@ -7,11 +7,11 @@ stamp (the most recent ``max_len`` events, oldest first).
 
 Memory stays bounded although the behaviour log has ~700 M rows and raw_sample ~26 M: on the
 first call to ``batches()`` both are streamed once into ``n_buckets`` Parquet files by a hash
-of the user id, in a work directory the source owns (removed when the source is closed or
-garbage-collected). Each bucket (1/N of the users) is then loaded alone, sorted by
-(user, time), and the histories are gathered with ``np.searchsorted`` and index arithmetic.
-Later calls reuse the buckets, so every call yields the same rows in the same order:
-bucket by bucket, within a bucket by (user, time, file order).
+of the user id, in a work directory the source owns (removed by ``close()`` or when the source
+is garbage-collected). Each bucket (1/N of the users) is then loaded alone and the histories
+are gathered with ``np.searchsorted`` and index arithmetic (``history.events_before``).
+Later calls reuse the buckets, so every call yields the same rows in the same order: bucket
+by bucket, within a bucket in raw_sample's file order.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pydantic import Field
 from fined.data.datasets import register
 from fined.data.datasets.base import BaseSource
 from fined.data.datasets.columns import binary_label
+from fined.data.datasets.history import events_before
 from fined.data.schema import (
     FeatureSpec,
     PeriodSpec,
@@ -46,24 +47,47 @@ from fined.data.schema import (
 from fined.errors import FinedError
 
 BTAGS = ("pv", "cart", "fav", "buy")
-PROFILE = ("cms_segid", "cms_group_id", "final_gender_code", "age_level", "pvalue_level",
-           "shopping_level", "occupation", "new_user_class_level")
+PROFILE = (
+    "cms_segid",
+    "cms_group_id",
+    "final_gender_code",
+    "age_level",
+    "pvalue_level",
+    "shopping_level",
+    "occupation",
+    "new_user_class_level",
+)
 AD = ("cate_id", "campaign_id", "customer", "brand")
 CHINA = 8 * 3600  # Taobao's calendar (hour, weekday) is China time, UTC+8
 
 # Columns read from each file, with their Arrow types; the file may hold more.
 I64 = pa.int64()
 TABLES: dict[str, dict[str, pa.DataType]] = {
-    "raw_sample.csv": {"user": I64, "time_stamp": I64, "adgroup_id": I64, "pid": pa.string(),
-                       "clk": I64},
+    "raw_sample.csv": {
+        "user": I64,
+        "time_stamp": I64,
+        "adgroup_id": I64,
+        "pid": pa.string(),
+        "clk": I64,
+    },
     "ad_feature.csv": {"adgroup_id": I64, **dict.fromkeys(AD, I64), "price": pa.float64()},
     "user_profile.csv": {"userid": I64, **dict.fromkeys(PROFILE, I64)},
-    "behavior_log.csv": {"user": I64, "time_stamp": I64, "btag": pa.string(), "cate": I64,
-                         "brand": I64},
+    "behavior_log.csv": {
+        "user": I64,
+        "time_stamp": I64,
+        "btag": pa.string(),
+        "cate": I64,
+        "brand": I64,
+    },
 }
-REQUIRED = {"raw_sample.csv": ("user", "time_stamp", "adgroup_id", "clk"),
-            "ad_feature.csv": ("adgroup_id",), "user_profile.csv": ("userid",),
-            "behavior_log.csv": ("user", "time_stamp", "btag")}  # no empty values allowed
+# Behaviour events as stored in the buckets (btag as its index in BTAGS).
+EVENTS = pa.schema({**TABLES["behavior_log.csv"], "btag": pa.int8()})
+REQUIRED = {
+    "raw_sample.csv": ("user", "time_stamp", "adgroup_id", "clk"),
+    "ad_feature.csv": ("adgroup_id",),
+    "user_profile.csv": ("userid",),
+    "behavior_log.csv": ("user", "time_stamp", "btag"),
+}  # no empty values allowed
 
 
 class Options(StrictModel):
@@ -72,33 +96,33 @@ class Options(StrictModel):
     path: Path  # directory with the four CSV files
     max_len: int = Field(50, ge=1)  # events kept per history (the most recent ones)
     n_buckets: int | None = Field(None, ge=1)  # None: one bucket per `bucket_mb` of CSV input
-    bucket_mb: int = Field(512, ge=1)  # CSV megabytes (log + samples) per bucket
+    bucket_mb: int = Field(256, ge=1)  # CSV MB (log + samples) per bucket; peak RAM ~6x
     work_dir: Path | None = None  # where the bucket files go; None: the system temp dir
     block_mb: float = Field(64, gt=0)  # CSV read block size
 
 
 def default_features(max_len: int) -> list[FeatureSpec]:
     """User profile, ad, context and behaviour-history features of the raw tables."""
-    cat = FeatureSpec.model_validate
+
+    def spec(
+        name: str, kind: str = "categorical", source: str = "context", **extra: object
+    ) -> FeatureSpec:
+        return FeatureSpec.model_validate({"name": name, "kind": kind, "source": source, **extra})
+
+    history = {"kind": "sequence", "source": "user", "max_len": max_len}
     return [
-        cat({"name": "userid", "kind": "categorical", "source": "user"}),
-        *[cat({"name": n, "kind": "categorical", "source": "user"}) for n in PROFILE],
-        cat({"name": "adgroup_id", "kind": "categorical", "source": "item"}),
-        *[cat({"name": n, "kind": "categorical", "source": "item"}) for n in AD],
-        cat({"name": "price", "kind": "numeric", "source": "item", "transform": "bucketize"}),
-        *[cat({"name": n, "kind": "categorical", "source": "context"})
-          for n in ("pid", "hour", "weekday")],
-        cat({"name": "hist_cate", "kind": "sequence", "source": "user", "vocab": "cate_id",
-             "max_len": max_len}),
-        cat({"name": "hist_brand", "kind": "sequence", "source": "user", "vocab": "brand",
-             "max_len": max_len}),
-        cat({"name": "hist_btag", "kind": "sequence", "source": "user", "max_len": max_len}),
+        *[spec(n, source="user") for n in ("userid", *PROFILE)],
+        *[spec(n, source="item") for n in ("adgroup_id", *AD)],
+        spec("price", "numeric", "item", transform="bucketize"),
+        *[spec(n) for n in ("pid", "hour", "weekday")],
+        spec("hist_cate", vocab="cate_id", **history),  # ids shared with the ad's category
+        spec("hist_brand", vocab="brand", **history),
+        spec("hist_btag", **history),
     ]
 
 
 # Every column the source can emit; a feature picks one by `FeatureSpec.raw_column`.
-COLUMNS = ("userid", *PROFILE, "adgroup_id", *AD, "price", "pid", "hour", "weekday",
-           "hist_cate", "hist_brand", "hist_btag")
+COLUMNS = tuple(f.name for f in default_features(1))
 
 
 def _header(path: Path, file: str) -> list[str]:
@@ -116,15 +140,19 @@ def _header(path: Path, file: str) -> list[str]:
 def _read_csv(path: Path, names: list[str], block_mb: float) -> Iterator[pa.RecordBatch]:
     """Stream the needed columns of a CSV with explicit types; bad values are a FinedError."""
     types = TABLES[path.name]
-    reader = None
     try:
         reader = pacsv.open_csv(
             path,
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1,
-                                           block_size=int(block_mb * 2**20)),
-            convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types),
-                                                 null_values=["", "NULL"],
-                                                 strings_can_be_null=True))
+            read_options=pacsv.ReadOptions(
+                column_names=names, skip_rows=1, block_size=int(block_mb * 2**20)
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types,
+                include_columns=list(types),
+                null_values=["", "NULL"],
+                strings_can_be_null=True,
+            ),
+        )
         for batch in reader:
             for col in REQUIRED.get(path.name, ()):
                 if batch.column(col).null_count:
@@ -147,17 +175,25 @@ class TaobaoAdRawSource(BaseSource):
 
     name = "taobao_ad_raw"
 
-    def __init__(self, options: Options, features: list[FeatureSpec], periods: PeriodSpec,
-                 user_key: str | None = "userid") -> None:
+    def __init__(
+        self,
+        options: Options,
+        features: list[FeatureSpec],
+        periods: PeriodSpec,
+        user_key: str | None = "userid",
+    ) -> None:
         super().__init__(features, periods)
         self.options = options
         self.user_key = user_key
         unknown = [f.name for f in features if f.raw_column not in COLUMNS]
         if unknown:
-            raise FinedError(f"features {', '.join(unknown)}: taobao_ad_raw has no such column "
-                             f"(known: {', '.join(COLUMNS)})")
+            raise FinedError(
+                f"features {', '.join(unknown)}: taobao_ad_raw has no such column "
+                f"(known: {', '.join(COLUMNS)})"
+            )
         self._headers = {file: _header(options.path / file, file) for file in TABLES}
         self._dir: Path | None = None
+        self._n = 0  # number of buckets, set by _partition
         self._cleanup: weakref.finalize | None = None
 
     # -- preparation: partition the two big tables by user ------------------------------
@@ -180,17 +216,21 @@ class TaobaoAdRawSource(BaseSource):
         self._dir, self._n = work, n
         return work
 
-    def _split(self, file: str, work: Path, n: int,
-               convert: Callable[[pa.RecordBatch], pa.RecordBatch]) -> bool:
+    def _split(
+        self, file: str, work: Path, n: int, convert: Callable[[pa.RecordBatch], pa.RecordBatch]
+    ) -> bool:
         """Stream ``file`` into ``n`` Parquet buckets by user; False when it has no rows."""
         writers: list[pq.ParquetWriter] = []
         try:
-            for batch in _read_csv(self.options.path / file, self._headers[file],
-                                   self.options.block_mb):
+            for batch in _read_csv(
+                self.options.path / file, self._headers[file], self.options.block_mb
+            ):
                 batch = convert(batch)
                 if not writers:
-                    writers = [pq.ParquetWriter(work / f"{file}.{b}.parquet", batch.schema)
-                               for b in range(n)]
+                    writers = [
+                        pq.ParquetWriter(work / f"{file}.{b}.parquet", batch.schema)
+                        for b in range(n)
+                    ]
                 bucket = _bucket_of(batch.column("user"), n)
                 order = np.argsort(bucket, kind="stable")  # keeps file order inside a bucket
                 bounds = np.searchsorted(bucket[order], np.arange(n + 1))
@@ -224,10 +264,13 @@ class TaobaoAdRawSource(BaseSource):
             code = pc.index_in(batch.column("btag"), value_set=tags)
             if code.null_count:
                 bad = batch.column("btag").filter(pc.is_null(code))[0]
-                raise FinedError(f"behavior_log.csv: column 'btag': unknown value {bad} "
-                                 f"(expected one of {', '.join(BTAGS)})")
-            batch = batch.set_column(batch.schema.get_field_index("btag"), "btag",
-                                     pc.cast(code, pa.int8()))
+                raise FinedError(
+                    f"behavior_log.csv: column 'btag': unknown value {bad} "
+                    f"(expected one of {', '.join(BTAGS)})"
+                )
+            batch = batch.set_column(
+                batch.schema.get_field_index("btag"), "btag", pc.cast(code, pa.int8())
+            )
             return batch.filter(pc.is_in(batch.column("user"), value_set=value_set))
 
         return convert
@@ -241,8 +284,8 @@ class TaobaoAdRawSource(BaseSource):
             imp = pq.read_table(work / f"raw_sample.csv.{b}.parquet")
             if imp.num_rows == 0:
                 continue
-            log_file = work / f"behavior_log.csv.{b}.parquet"
-            ev = pq.read_table(log_file) if log_file.exists() else None
+            log_file = work / f"behavior_log.csv.{b}.parquet"  # absent: the log has no rows
+            ev = pq.read_table(log_file) if log_file.exists() else EVENTS.empty_table()
             yield from self._bucket(imp, ev, ads, profiles, chunk_rows)
 
     def _small(self, file: str) -> pa.Table:
@@ -251,68 +294,53 @@ class TaobaoAdRawSource(BaseSource):
         batches = _read_csv(self.options.path / file, self._headers[file], self.options.block_mb)
         return pa.Table.from_batches(list(batches), schema=schema)
 
-    def _bucket(self, imp: pa.Table, ev: pa.Table | None, ads: pa.Table, profiles: pa.Table,
-                chunk_rows: int) -> Iterator[pa.RecordBatch]:
-        # Impressions and events of this bucket's users, each sorted by (user, time);
-        # lexsort is stable, so ties keep file order and every call gives the same rows.
-        iu, it = imp["user"].to_numpy(), imp["time_stamp"].to_numpy()
-        imp = imp.take(pa.array(np.lexsort((it, iu))))
-        iu, it = imp["user"].to_numpy(), imp["time_stamp"].to_numpy()
-        if ev is None or ev.num_rows == 0:
-            ev = pa.table({"user": pa.array([], I64), "time_stamp": pa.array([], I64),
-                           "btag": pa.array([], pa.int8()), "cate": pa.array([], I64),
-                           "brand": pa.array([], I64)})
-        eu, et = ev["user"].to_numpy(), ev["time_stamp"].to_numpy()
-        ev = ev.take(pa.array(np.lexsort((et, eu))))
-        eu, et = ev["user"].to_numpy(), ev["time_stamp"].to_numpy()
-
-        # One int64 key per (user, time): dense user code * time span + time offset, so
-        # that "events of this user strictly before t" is one searchsorted range.
-        codes, inverse = np.unique(np.concatenate([iu, eu]), return_inverse=True)
-        t0 = min(it.min(), et.min()) if len(et) else it.min()
-        span = int(max(it.max(), et.max() if len(et) else it.max())) - int(t0) + 1
-        if len(codes) * span >= 2**62:
-            raise FinedError("taobao_ad_raw: time stamps span too wide for one bucket "
-                             "(raise options.n_buckets)")
-        ikey = inverse[: len(iu)] * span + (it - t0)
-        ekey = inverse[len(iu):] * span + (et - t0)
-        end = np.searchsorted(ekey, ikey, side="left")  # first event at/after the impression
-        first = np.searchsorted(ekey, inverse[: len(iu)] * span, side="left")  # user's first
-        count = np.minimum(end - first, self.options.max_len)
-        start = end - count
-
-        # Small-table joins by key lookup (index_in keeps the impression order).
+    def _bucket(
+        self, imp: pa.Table, ev: pa.Table, ads: pa.Table, profiles: pa.Table, chunk_rows: int
+    ) -> Iterator[pa.RecordBatch]:
+        """One bucket's impressions, in file order, joined with ads, profiles and histories."""
+        # Each impression's events strictly before it, the last max_len, oldest first; ties
+        # keep file order (the buckets keep it and the sort is stable): the same rows each call.
+        offsets, events = events_before(
+            imp["user"].to_numpy(),
+            imp["time_stamp"].to_numpy(),
+            ev["user"].to_numpy(),
+            ev["time_stamp"].to_numpy(),
+            self.options.max_len,
+        )
+        # Small-table joins by key lookup (index_in keeps the impression order; no match: null).
         ad_rows = ads.take(pc.index_in(imp["adgroup_id"], value_set=ads["adgroup_id"]))
         prof_rows = profiles.take(pc.index_in(imp["user"], value_set=profiles["userid"]))
         local = imp["time_stamp"].to_numpy() + CHINA
         cols: dict[str, pa.Array | pa.ChunkedArray] = {
-            "userid": imp["user"], **{c: prof_rows[c] for c in PROFILE},
-            "adgroup_id": imp["adgroup_id"], **{c: ad_rows[c] for c in AD},
-            "price": ad_rows["price"], "pid": imp["pid"],
-            "hour": pa.array(local // 3600 % 24), "weekday": pa.array((local // 86400 + 3) % 7),
-        }  # 1970-01-01 was a Thursday: weekday 0 = Monday
-        flat = pa.table(cols).combine_chunks().to_batches()[0]  # one batch: Arrays
-        label, time = imp["clk"].combine_chunks(), imp["time_stamp"].combine_chunks()
+            "label": imp["clk"],
+            "time": imp["time_stamp"],
+            "userid": imp["user"],
+            **{c: prof_rows[c] for c in PROFILE},
+            "adgroup_id": imp["adgroup_id"],
+            **{c: ad_rows[c] for c in AD},
+            "price": ad_rows["price"],
+            "pid": imp["pid"],
+            "hour": pa.array(local // 3600 % 24),
+            "weekday": pa.array((local // 86400 + 3) % 7),  # 1970-01-01 was a Thursday
+        }
+        flat = pa.table(cols).combine_chunks().to_batches()[0]  # one batch: plain Arrays
         ev_cols = {c: ev[c].combine_chunks() for c in ("cate", "brand", "btag")}
         tags = pa.array(BTAGS)
 
         for lo in range(0, imp.num_rows, chunk_rows):
             hi = min(lo + chunk_rows, imp.num_rows)
-            n = count[lo:hi]
-            offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int32)
-            # Event index of every history element: start of its row + position in the row.
-            idx = pa.array(np.repeat(start[lo:hi] - offsets[:-1], n) + np.arange(offsets[-1]))
-            hist = {
-                "hist_cate": ev_cols["cate"].take(idx),
-                "hist_brand": ev_cols["brand"].take(idx),
-                "hist_btag": tags.take(ev_cols["btag"].take(idx)),
-            }
+            idx = pa.array(events[offsets[lo] : offsets[hi]])
+            lists = pa.array((offsets[lo : hi + 1] - offsets[lo]).astype(np.int32))
             values = {c: flat[c].slice(lo, hi - lo) for c in flat.schema.names}
-            values.update({c: pa.ListArray.from_arrays(pa.array(offsets), v)
-                           for c, v in hist.items()})
-            out = {"label": label.slice(lo, hi - lo), "time": time.slice(lo, hi - lo)}
-            out.update({f.name: values[f.raw_column] for f in self.features})
-            yield pa.RecordBatch.from_pydict(out)
+            values["hist_cate"] = pa.ListArray.from_arrays(lists, ev_cols["cate"].take(idx))
+            values["hist_brand"] = pa.ListArray.from_arrays(lists, ev_cols["brand"].take(idx))
+            btag = tags.take(ev_cols["btag"].take(idx))
+            values["hist_btag"] = pa.ListArray.from_arrays(lists, btag)
+            names = ["label", "time", *(f.raw_column for f in self.features)]
+            yield pa.RecordBatch.from_arrays(
+                [values[c] for c in names],
+                names=["label", "time", *(f.name for f in self.features)],
+            )
 
     def close(self) -> None:
         """Remove the bucket files now (they are also removed when the source is collected)."""
@@ -329,3 +357,20 @@ def build(config: PrepareConfig) -> TaobaoAdRawSource:
     check_features(features)
     periods = config.periods or PeriodSpec(by="day", utc_offset_hours=8)
     return TaobaoAdRawSource(options, features, periods, config.user_key or "userid")
+
+
+@register("taobao_ad")
+def build_taobao_ad(config: PrepareConfig) -> BaseSource:
+    """Taobao display ads in either layout: ``options.layout`` is ``raw`` (a directory with
+    the four Tianchi tables) or ``joined`` (the BARS TaobaoAd_x1 CSV); by default, a
+    directory means raw and a file means joined."""
+    from fined.data.datasets.presets import build_taobao_ad_joined
+
+    options = dict(config.options)
+    layout = options.pop("layout", None)
+    if layout is None:
+        layout = "raw" if Path(str(options.get("path", ""))).is_dir() else "joined"
+    if layout not in ("raw", "joined"):
+        raise FinedError(f"options.layout: expected 'raw' or 'joined', got {layout!r}")
+    inner = config.model_copy(update={"options": options})
+    return build(inner) if layout == "raw" else build_taobao_ad_joined(inner)
