@@ -28,6 +28,7 @@ from pydantic import Field
 
 from fined.data.datasets import register
 from fined.data.datasets.table import TableOptions, TableSource
+from fined.data.datasets.taobao import AD, PROFILE
 from fined.data.schema import (
     FeatureKind,
     FeatureSpec,
@@ -139,18 +140,9 @@ def build_avazu(config: PrepareConfig) -> TableSource:
 
 # --- TaobaoAd_x1 (BARS joined CSV) ----------------------------------------------------------
 
-TAOBAO_USER = [
-    "userid",
-    "cms_segid",
-    "cms_group_id",
-    "final_gender_code",
-    "age_level",
-    "pvalue_level",
-    "shopping_level",
-    "occupation",
-    "new_user_class_level",
-]
-TAOBAO_AD = ["adgroup_id", "cate_id", "campaign_id", "customer", "brand"]
+# The same profile and ad fields as the raw tables: the joined CSV is their join.
+TAOBAO_USER = ["userid", *PROFILE]
+TAOBAO_AD = ["adgroup_id", *AD]
 
 
 @register("taobao_ad_joined")
