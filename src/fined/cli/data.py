@@ -1,46 +1,17 @@
-"""The ``fined`` command.
-
-Every error a user can cause ends in one line ``error: ...`` and exit code 2; anything else is a
-bug and keeps its traceback.
-"""
+"""``fined data``: prepare, describe and list datasets."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
-from rich.console import Console
 
+from fined.cli.app import app, console, parse_pairs
 from fined.errors import FinedError
 
-app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    help=__doc__.splitlines()[0],
-)
 data_app = typer.Typer(no_args_is_help=True, help="Prepare and inspect datasets.")
 app.add_typer(data_app, name="data")
-# Tables stay readable when the output is piped or logged (rich would default to 80 columns).
-console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-
-
-def _parse_options(pairs: list[str]) -> dict:
-    """``key=value`` pairs; values parsed as YAML scalars (numbers, booleans, lists)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise FinedError(f"--option {pair!r}: expected KEY=VALUE")
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            out[key] = value
-    return out
 
 
 @data_app.command("prepare")
@@ -65,7 +36,7 @@ def data_prepare(
         cfg = load_prepare_config(config)
     else:
         cfg = parse_model(PrepareConfig, {"dataset": dataset}, "--dataset")
-    cfg.options.update(_parse_options(option))
+    cfg.options.update(parse_pairs(option, "--option"))
     if chunk_rows is not None:
         cfg.chunk_rows = chunk_rows
 
@@ -102,24 +73,3 @@ def data_datasets() -> None:
 
     for name in dataset_names():
         console.print(name)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI, turning user errors into one line and exit code 2."""
-    try:
-        app(args=argv, prog_name="fined")  # standalone mode: exits through SystemExit
-    except FinedError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
-    except SystemExit as done:
-        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    return 0
-
-
-def run() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    run()

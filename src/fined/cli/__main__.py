@@ -1,0 +1,3 @@
+from fined.cli.app import run
+
+run()

@@ -1,0 +1,208 @@
+"""``fined train``, ``fined evaluate`` and ``fined predict``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from fined.cli.app import app, console, parse_pairs
+from fined.errors import FinedError
+
+RUN_FILE = "run.json"
+
+
+def _load_config(path: Path | None, sets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Model and trainer settings: a YAML file (model keys at the top level, trainer keys
+    under ``train:``), then ``--set key=value`` (``train.key=value`` for the trainer)."""
+    from fined.data.schema import load_yaml
+
+    model: dict[str, Any] = {}
+    trainer: dict[str, Any] = {}
+    if path is not None:
+        doc = load_yaml(path) or {}
+        if not isinstance(doc, dict):
+            raise FinedError(f"{path}: expected a mapping of hyper-parameters")
+        trainer = dict(doc.pop("train", None) or {})
+        model = doc
+    for key, value in parse_pairs(sets, "--set").items():
+        if key.startswith("train."):
+            trainer[key[len("train.") :]] = value
+        else:
+            model[key] = value
+    return model, trainer
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title)
+    for col in ("set", "rows", "AUC", "gAUC", "LogLoss"):
+        table.add_column(col, justify="left" if col == "set" else "right")
+    for name, m in rows.items():
+        table.add_row(
+            name, f"{int(m['rows']):,}", _fmt(m["auc"]), _fmt(m.get("gauc")), _fmt(m["logloss"])
+        )
+    return table
+
+
+@app.command("train")
+def train(
+    data: Annotated[Path, typer.Option(help="A prepared dataset directory.")],
+    model: Annotated[
+        str, typer.Option(help="Model name: deepfm, dcn, pnn, xdeepfm, autoint, din.")
+    ],
+    train_periods: Annotated[
+        str, typer.Option(help="Training periods, e.g. 0:5 or 1997-09:1998-02.")
+    ],
+    out: Annotated[Path, typer.Option(help="Run directory (model, checkpoints, metrics).")],
+    valid: Annotated[str, typer.Option(help="holdout | tail[:FRACTION] | periods.")] = "holdout",
+    test: Annotated[
+        str | None, typer.Option(help="Test periods (after the training ones).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Model YAML (trainer keys under train:).")
+    ] = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Override KEY=VALUE (train.KEY for the trainer).")
+    ] = [],  # noqa: B006
+    seed: Annotated[int | None, typer.Option(help="Random seed (train.seed).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a stopped run in OUT.")] = False,
+) -> None:
+    """Train one model; the epoch is selected on the validation set, never on the test set."""
+    from fined.data.loader import PeriodStore
+    from fined.data.schema import parse_model
+    from fined.io import atomic_write_json, read_json
+    from fined.models.base import build_model
+    from fined.train.artifact import save_model
+    from fined.train.selection import make_split
+    from fined.train.trainer import TrainConfig, Trainer
+
+    model_over, train_over = _load_config(config, set_)
+    if seed is not None:
+        train_over["seed"] = seed
+    train_cfg = parse_model(TrainConfig, train_over, "train")
+    store = PeriodStore(data)
+    net = build_model(model, store.feature_map, model_over)
+    split = make_split(store, train_periods, valid, test)
+    run = {
+        "data": str(data),
+        "fingerprint": store.feature_map.fingerprint,
+        "model": net.model_name,
+        "model_config": net.config.model_dump(),
+        "train_config": train_cfg.model_dump(),
+        "train_periods": split.train_periods,
+        "valid": valid,
+        "test_periods": split.test_periods,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and (out / RUN_FILE).is_file():
+        before = read_json(out / RUN_FILE, "run description")
+        changed = [k for k in run if k != "data" and before.get(k) != run[k]]
+        if changed:
+            raise FinedError(f"--resume: {out} was started with different {', '.join(changed)}")
+    elif (out / RUN_FILE).is_file():
+        raise FinedError(
+            f"{out} already holds a run (use --resume to continue it, or another --out)"
+        )
+    atomic_write_json(out / RUN_FILE, run)
+
+    trainer = Trainer(net, train_cfg)
+    n_train, n_valid = len(split.train), len(split.valid)
+    console.print(f"training {net.model_name} on {n_train:,} rows, validating on {n_valid:,}")
+    fit = trainer.fit(split.train, split.valid, run_dir=out, resume=resume)
+    results: dict[str, dict[str, float]] = {"valid": fit.best}
+    if split.test is not None:
+        results["test"] = trainer.evaluate(split.test)
+    info = {
+        "train_periods": split.train_periods,
+        "test_periods": split.test_periods,
+        "best_epoch": fit.best_epoch,
+        "metrics": results,
+        "train_samples_per_second": fit.train_samples_per_second,
+    }
+    save_model(out, net, info)
+    atomic_write_json(out / "results.json", info)
+    console.print(_metrics_table(f"{net.model_name}: best epoch {fit.best_epoch}", results))
+
+
+def _load_run(run_dir: Path, data: Path):
+    from fined.data.loader import PeriodStore
+    from fined.train.artifact import load_model
+
+    store = PeriodStore(data)
+    net, meta = load_model(run_dir, store.feature_map)
+    return store, net, meta
+
+
+@app.command("evaluate")
+def evaluate(
+    run: Annotated[Path, typer.Option(help="A run directory written by `fined train`.")],
+    data: Annotated[Path, typer.Option(help="The prepared dataset it was trained on.")],
+    periods: Annotated[str, typer.Option(help="Periods to evaluate, e.g. 6:7.")],
+    part: Annotated[str, typer.Option(help="all | train | holdout rows of each period.")] = "all",
+) -> None:
+    """AUC, gAUC and LogLoss of a trained model on some periods."""
+    from fined.train.selection import parse_periods
+    from fined.train.trainer import Trainer
+
+    if part not in ("all", "train", "holdout"):
+        raise FinedError(f"--part {part!r}: expected all, train or holdout")
+    store, net, meta = _load_run(run, data)
+    chosen = parse_periods(periods, store.feature_map)
+    known = max(meta.get("train_periods") or [len(store.feature_map.periods) - 1])
+    metrics = Trainer(net).evaluate(store.load(chosen, part, known_through=known))
+    console.print(_metrics_table(f"{meta['model']} on periods {periods}", {part: metrics}))
+    console.print(json.dumps({k: v for k, v in metrics.items()}))
+
+
+@app.command("predict")
+def predict(
+    run: Annotated[Path, typer.Option(help="A run directory written by `fined train`.")],
+    data: Annotated[Path, typer.Option(help="The prepared dataset it was trained on.")],
+    periods: Annotated[str, typer.Option(help="Periods to score.")],
+    out: Annotated[Path, typer.Option(help="Scores file: .csv or .parquet.")],
+) -> None:
+    """Click probabilities for every row of some periods, to CSV or Parquet."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from fined.io import atomic_write_bytes
+    from fined.train.selection import parse_periods
+    from fined.train.trainer import Trainer
+
+    if out.suffix not in (".csv", ".parquet"):
+        raise FinedError(f"--out {out}: use a .csv or .parquet file name")
+    store, net, meta = _load_run(run, data)
+    fmap = store.feature_map
+    chosen = parse_periods(periods, fmap)
+    known = max(meta.get("train_periods") or [len(fmap.periods) - 1])
+    trainer = Trainer(net)
+    parts = []
+    for p in chosen:
+        rows = store.load([p], known_through=known)
+        parts.append(
+            pa.table(
+                {
+                    "period": pa.array([fmap.periods[p].name] * len(rows)),
+                    "time": rows.time.numpy(),
+                    "label": rows.label.numpy().astype("int8"),
+                    "score": trainer.predict(rows),
+                }
+            )
+        )
+    table = pa.concat_tables(parts)
+    sink = pa.BufferOutputStream()
+    if out.suffix == ".csv":
+        pacsv.write_csv(table, sink)
+    else:
+        pq.write_table(table, sink)
+    atomic_write_bytes(out, sink.getvalue().to_pybytes())
+    console.print(f"wrote {table.num_rows:,} scores to {out}")

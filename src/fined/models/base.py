@@ -1,0 +1,147 @@
+"""The base class every CTR model subclasses, its configuration, and the model registry.
+
+A model turns a ``Batch`` into click logits ``[B]``. Its field matrix ``[B, F, d]`` comes from
+one ``FeatureEmbedding``; optional *knowledge tokens* ``[B, m, d]`` are appended to it as
+extra fields before the interaction part, so every model's interactions (FM, cross layers,
+products, CIN, self-attention, MLP) see them. This is the hook the FINED knowledge base
+plugs into; nothing else here knows about it.
+
+Hyper-parameters are typed pydantic configs whose defaults live in ``defaults.yaml`` (one
+section per model); precedence: model defaults < user YAML < command-line overrides.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any, ClassVar
+
+import torch
+import yaml
+from pydantic import Field
+from torch import nn
+
+from fined.data.feature_map import FeatureMap
+from fined.data.loader import Batch
+from fined.data.schema import StrictModel, parse_model
+from fined.errors import FinedError
+from fined.models.embedding import FeatureEmbedding
+
+
+class ModelConfig(StrictModel):
+    """Settings every model has."""
+
+    embedding_dim: int = Field(ge=1)
+    mlp: list[int]
+    dropout: float = Field(ge=0.0, lt=1.0)
+    batch_norm: bool
+    activation: str
+
+
+class CTRModel(nn.Module):
+    """Base of every model. Subclasses set ``config_class`` and implement ``interact``."""
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    raw_sequences: tuple[str, ...] = ()  # sequences the model attends over itself (DIN)
+    uses_linear: bool = False  # whether the model has a first-order (LR) term
+
+    def __init__(
+        self, feature_map: FeatureMap, config: ModelConfig, knowledge_tokens: int = 0
+    ) -> None:
+        super().__init__()
+        self.feature_map = feature_map
+        self.config = config
+        self.embedding = FeatureEmbedding(
+            feature_map, config.embedding_dim, self.raw_sequences, linear=self.uses_linear
+        )
+        self.knowledge_tokens = knowledge_tokens
+        self.num_fields = self.embedding.num_fields + knowledge_tokens
+
+    def fields(self, batch: Batch, knowledge: torch.Tensor | None) -> torch.Tensor:
+        """``[B, F + m, d]``: the embedded fields with the knowledge tokens appended."""
+        emb = self.embedding(batch)
+        if knowledge is None:
+            if self.knowledge_tokens:
+                raise ValueError(f"this model expects {self.knowledge_tokens} knowledge tokens")
+            return emb
+        if knowledge.shape[1] != self.knowledge_tokens or knowledge.shape[2] != emb.shape[2]:
+            raise ValueError(
+                f"knowledge tokens of shape {tuple(knowledge.shape)}; expected "
+                f"[B, {self.knowledge_tokens}, {emb.shape[2]}]"
+            )
+        return torch.cat([emb, knowledge], dim=1)
+
+    def forward(self, batch: Batch, knowledge: torch.Tensor | None = None) -> torch.Tensor:
+        """Click logits ``[B]``; ``knowledge``: optional tokens ``[B, m, d]``."""
+        return self.interact(self.fields(batch, knowledge), batch)
+
+    def interact(self, fields: torch.Tensor, batch: Batch) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def embedding_l2(self) -> torch.Tensor:
+        """Squared norm of the embeddings looked up in the last forward (per sample)."""
+        last = self.embedding.last_l2
+        return last if last is not None else torch.zeros(())
+
+
+_MODELS: dict[str, type[CTRModel]] = {}
+_MODULES = ("deepfm", "dcn", "pnn", "xdeepfm", "autoint", "din")
+
+
+def register_model(name: str):
+    def wrap(cls: type[CTRModel]) -> type[CTRModel]:
+        _MODELS[name] = cls
+        cls.model_name = name
+        return cls
+
+    return wrap
+
+
+def model_names() -> list[str]:
+    _load_all()
+    return sorted(_MODELS)
+
+
+def _load_all() -> None:
+    from importlib import import_module
+
+    for mod in _MODULES:
+        try:
+            import_module(f"fined.models.{mod}")
+        except ModuleNotFoundError as err:
+            if err.name != f"fined.models.{mod}":
+                raise
+
+
+def model_class(name: str) -> type[CTRModel]:
+    _load_all()
+    key = name.lower()
+    if key not in _MODELS:
+        raise FinedError(f"unknown model {name!r}; known: {', '.join(sorted(_MODELS))}")
+    return _MODELS[key]
+
+
+def default_config(name: str) -> dict[str, Any]:
+    """The shipped defaults of one model (``defaults.yaml``)."""
+    text = resources.files("fined.models").joinpath("defaults.yaml").read_text()
+    return dict(yaml.safe_load(text)[name.lower()])
+
+
+def model_config(name: str, *overrides: dict[str, Any]) -> ModelConfig:
+    """Defaults, then each override in turn (a user file, then command-line settings)."""
+    cls = model_class(name)
+    merged = default_config(name)
+    for o in overrides:
+        merged.update(o or {})
+    return parse_model(cls.config_class, merged, f"model {name}")
+
+
+def build_model(
+    name: str, feature_map: FeatureMap, *overrides: dict[str, Any], knowledge_tokens: int = 0
+) -> CTRModel:
+    """A model by registry name, its config merged from defaults and overrides."""
+    cls = model_class(name)
+    config = model_config(name, *overrides)
+    try:
+        return cls(feature_map, config, knowledge_tokens=knowledge_tokens)
+    except ValueError as err:  # a config that does not fit this data (e.g. no history for DIN)
+        raise FinedError(f"model {name}: {err}") from None

@@ -1,0 +1,1 @@
+"""Training: metrics, checkpoints, the trainer, and (later) the continual protocol."""

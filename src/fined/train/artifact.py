@@ -1,0 +1,65 @@
+"""A trained model on disk: ``model.safetensors`` (weights) + ``model.json`` (what it is).
+
+``model.json`` records the model name and config, the trainer config, the feature-map
+fingerprint, the periods it was trained on and its metrics; loading against a dataset with a
+different fingerprint fails with a clear error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save
+
+from fined.data.feature_map import FeatureMap
+from fined.errors import FinedError
+from fined.io import atomic_write_bytes, atomic_write_json, read_json
+from fined.models.base import CTRModel, build_model
+
+WEIGHTS = "model.safetensors"
+META = "model.json"
+
+
+def save_model(run_dir: str | Path, model: CTRModel, info: dict[str, Any]) -> None:
+    run_dir = Path(run_dir)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(run_dir / WEIGHTS, save(state))
+    meta = {
+        "model": model.model_name,
+        "model_config": model.config.model_dump(),
+        "knowledge_tokens": model.knowledge_tokens,
+        "fingerprint": model.feature_map.fingerprint,
+        **info,
+    }
+    atomic_write_json(run_dir / META, meta)
+
+
+def read_model_info(run_dir: str | Path) -> dict[str, Any]:
+    return read_json(Path(run_dir) / META, "model description")
+
+
+def load_model(run_dir: str | Path, feature_map: FeatureMap) -> tuple[CTRModel, dict[str, Any]]:
+    """Rebuild a saved model for ``feature_map`` (which must be the one it was trained on)."""
+    run_dir = Path(run_dir)
+    meta = read_model_info(run_dir)
+    if meta.get("fingerprint") != feature_map.fingerprint:
+        raise FinedError(
+            f"{run_dir}: trained on data with feature-map fingerprint {meta.get('fingerprint')}, "
+            f"but this dataset has {feature_map.fingerprint} (prepare the same data, or retrain)"
+        )
+    model = build_model(
+        meta["model"],
+        feature_map,
+        meta["model_config"],
+        knowledge_tokens=meta.get("knowledge_tokens", 0),
+    )
+    path = run_dir / WEIGHTS
+    if not path.is_file():
+        raise FinedError(f"{path}: missing model weights")
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except (RuntimeError, OSError) as err:
+        raise FinedError(f"{path}: weights do not fit the model ({err})") from None
+    model.eval()
+    return model, meta
