@@ -39,6 +39,7 @@ def gauc(label: np.ndarray, score: np.ndarray, group: np.ndarray) -> float:
         )
         .with_columns((pl.col("n") - pl.col("pos")).alias("neg"))
         .filter((pl.col("pos") > 0) & (pl.col("neg") > 0))
+        .sort("g")  # a fixed summation order: identical results run after run
         .with_columns(
             (
                 (pl.col("rank_pos") - pl.col("pos") * (pl.col("pos") + 1) / 2)

@@ -1,0 +1,246 @@
+"""Metrics, checkpoints, the trainer (early stopping, resume) and the train CLI."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from fined.cli import main
+from fined.data.loader import PeriodStore
+from fined.data.prepare import prepare
+from fined.data.schema import PrepareConfig
+from fined.errors import FinedError
+from fined.models import build_model
+from fined.train.checkpoint import load_checkpoint, save_checkpoint
+from fined.train.metrics import auc, gauc, logloss, rela_impr
+from fined.train.trainer import Trainer, TrainConfig
+
+SMALL = {"embedding_dim": 8, "mlp": [32, 32]}
+FAST = {"progress": False, "batch_size": 1024, "epochs": 4, "patience": 10, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn") / "data"
+    prepare(
+        PrepareConfig(dataset="synthetic", options={"n_rows": 20_000, "n_periods": 3, "seed": 2}),
+        out,
+    )
+    return out
+
+
+def test_auc_and_gauc_match_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    s = np.round(rng.random(300) + 0.3 * y, 1)  # rounded: plenty of ties
+    g = rng.integers(0, 7, 300)
+    pairs = [
+        (i, j) for i, j in itertools.product(range(300), range(300)) if y[i] == 1 and y[j] == 0
+    ]
+    brute = np.mean([1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0 for i, j in pairs])
+    assert auc(y, s) == pytest.approx(brute)
+    per_group = [(roc_auc_score(y[g == k], s[g == k]), (g == k).sum()) for k in range(7)]
+    expected = sum(a * n for a, n in per_group) / sum(n for _, n in per_group)
+    assert gauc(y, s, g) == pytest.approx(expected)
+    # a group with one class has no AUC: it is left out and the weights renormalized
+    y2, s2, g2 = np.append(y, [1, 1, 1]), np.append(s, [0.1, 0.2, 0.3]), np.append(g, [9, 9, 9])
+    assert gauc(y2, s2, g2) == pytest.approx(expected)
+
+
+def test_logloss_and_rela_impr() -> None:
+    assert logloss(np.array([1, 0]), np.array([0.9, 0.2])) == pytest.approx(
+        -(np.log(0.9) + np.log(0.8)) / 2
+    )
+    assert rela_impr(0.75, 0.70) == pytest.approx((0.25 / 0.20 - 1) * 100)
+    assert np.isnan(auc(np.ones(5), np.random.rand(5)))
+
+
+def test_checkpoint_round_trip_without_pickle(tmp_path) -> None:
+    state = {
+        "w": torch.randn(3, 2),
+        "opt": {"state": {0: {"step": torch.tensor(4.0)}}, "groups": [{"lr": 0.1}]},
+        "trainer": {"epoch": 3, "history": [{"auc": 0.7}], "best": None},
+    }
+    save_checkpoint(tmp_path / "c.safetensors", state)
+    back = load_checkpoint(tmp_path / "c.safetensors")
+    assert torch.equal(back["w"], state["w"])
+    assert back["opt"]["state"][0]["step"].item() == 4.0  # int keys come back as ints
+    assert back["trainer"] == state["trainer"]
+    (tmp_path / "bad.safetensors").write_bytes(b"\x80\x04not a checkpoint")
+    with pytest.raises(FinedError, match="not a valid checkpoint"):
+        load_checkpoint(tmp_path / "bad.safetensors")
+
+
+def _fit(data_dir, run_dir=None, resume=False, **over):
+    store = PeriodStore(data_dir)
+    torch.manual_seed(0)
+    model = build_model("deepfm", store.feature_map, SMALL)
+    trainer = Trainer(model, TrainConfig(**{**FAST, **over}))
+    result = trainer.fit(
+        store.load([0, 1], "train"), store.load([0, 1], "holdout"), run_dir, resume
+    )
+    return model, result
+
+
+def test_resume_after_a_crash_ends_like_an_uninterrupted_run(
+    synthetic, tmp_path, monkeypatch
+) -> None:
+    whole_model, whole = _fit(synthetic, tmp_path / "whole")
+    original = Trainer._train_epoch
+    calls = {"n": 0}
+
+    def dies_in_third_epoch(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed half-way through the run
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", dies_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(synthetic, tmp_path / "killed")
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert len(load_checkpoint(tmp_path / "killed" / "last.safetensors")["trainer"]["history"]) == 2
+    resumed_model, resumed = _fit(synthetic, tmp_path / "killed", resume=True)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "train_seconds"} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(whole.history)
+    for (k, a), (_, b) in zip(
+        whole_model.state_dict().items(), resumed_model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), k
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
+
+
+def test_early_stopping_keeps_the_best_epoch(synthetic) -> None:
+    model, result = _fit(synthetic, epochs=30, patience=2, lr=0.05)
+    aucs = [r["valid_auc"] for r in result.history]
+    assert result.best_epoch == int(np.argmax(aucs))
+    assert len(aucs) <= result.best_epoch + 3  # stopped after `patience` epochs without gain
+    store = PeriodStore(synthetic)
+    again = Trainer(model, TrainConfig(**FAST)).evaluate(store.load([0, 1], "holdout"))
+    assert again["auc"] == pytest.approx(result.best["auc"])  # the best weights were restored
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_evaluate_predict_cli(synthetic, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        capsys,
+        "train",
+        "--data",
+        synthetic,
+        "--model",
+        "deepfm",
+        "--train-periods",
+        "0:1",
+        "--test",
+        "2",
+        "--out",
+        out,
+        "--set",
+        "embedding_dim=8",
+        "--set",
+        "mlp=[32]",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.progress=false",
+    )
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["metrics"]["test"]["auc"] > 0.55
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["model_config"]["embedding_dim"] == 8 and meta["train_periods"] == [0, 1]
+    code, stdout, _ = run(capsys, "evaluate", "--run", out, "--data", synthetic, "--periods", "2")
+    assert code == 0
+    assert json.loads(stdout.strip().splitlines()[-1])["auc"] == pytest.approx(
+        results["metrics"]["test"]["auc"]
+    )
+    code, _, _ = run(
+        capsys,
+        "predict",
+        "--run",
+        out,
+        "--data",
+        synthetic,
+        "--periods",
+        "2",
+        "--out",
+        tmp_path / "s.parquet",
+    )
+    import pyarrow.parquet as pq
+
+    scores = pq.read_table(tmp_path / "s.parquet")
+    assert code == 0 and scores.num_rows == PeriodStore(synthetic).feature_map.periods[2].rows
+    # a second train into the same directory without --resume is refused
+    code, _, err = run(
+        capsys,
+        "train",
+        "--data",
+        synthetic,
+        "--model",
+        "deepfm",
+        "--train-periods",
+        "0:1",
+        "--out",
+        out,
+    )
+    assert code == 2 and "--resume" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--model", "deepfm", "--set", "dropout=1.5"], "dropout"),
+        (["--model", "deepfm", "--set", "train.optimizer=sgdd"], "train: optimizer"),
+        (["--model", "deepfm", "--set", "hiddn=3"], "hiddn"),
+        (["--model", "deepfm", "--test", "0"], "test periods must come after"),
+        (["--model", "deepfm", "--train-periods", "1999-01"], "unknown period"),
+    ],
+)
+def test_bad_train_arguments_fail_clearly(synthetic, tmp_path, capsys, args, message) -> None:
+    base = ["train", "--data", synthetic, "--out", tmp_path / "r"]
+    if "--train-periods" not in args:
+        base += ["--train-periods", "0:1"]
+    code, _, err = run(capsys, *base, *args)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_a_model_refuses_data_with_another_feature_map(synthetic, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    code, _, _ = run(
+        capsys,
+        "train",
+        "--data",
+        synthetic,
+        "--model",
+        "deepfm",
+        "--train-periods",
+        "0",
+        "--out",
+        out,
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.progress=false",
+    )
+    assert code == 0
+    other = tmp_path / "other"
+    prepare(
+        PrepareConfig(
+            dataset="synthetic",
+            options={"n_rows": 2000, "n_periods": 2, "n_fields": 5, "cardinality": 50},
+        ),
+        other,
+    )
+    code, _, err = run(capsys, "evaluate", "--run", out, "--data", other, "--periods", "1")
+    assert code == 2 and "fingerprint" in err
