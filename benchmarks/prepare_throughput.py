@@ -92,7 +92,9 @@ def child(mode: str, rows: int, work: Path) -> dict:
 def measure(mode: str, rows: int, work: Path) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--rows", str(rows), "--work", str(work)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

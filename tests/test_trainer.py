@@ -16,7 +16,7 @@ from fined.errors import FinedError
 from fined.models import build_model
 from fined.train.checkpoint import load_checkpoint, save_checkpoint
 from fined.train.metrics import auc, gauc, logloss, rela_impr
-from fined.train.trainer import Trainer, TrainConfig
+from fined.train.trainer import TrainConfig, Trainer
 
 SMALL = {"embedding_dim": 8, "mlp": [32, 32]}
 FAST = {"progress": False, "batch_size": 1024, "epochs": 4, "patience": 10, "seed": 3}

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from fined.data.feature_map import FeatureMap
@@ -25,6 +25,7 @@ from fined.data.loader import Batch
 from fined.data.schema import StrictModel, parse_model
 from fined.errors import FinedError
 from fined.models.embedding import FeatureEmbedding
+from fined.models.layers import check_activation
 
 
 class ModelConfig(StrictModel):
@@ -36,22 +37,28 @@ class ModelConfig(StrictModel):
     batch_norm: bool
     activation: str
 
+    _check_activation = field_validator("activation")(check_activation)
+
 
 class CTRModel(nn.Module):
     """Base of every model. Subclasses set ``config_class`` and implement ``interact``."""
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
-    raw_sequences: tuple[str, ...] = ()  # sequences the model attends over itself (DIN)
     uses_linear: bool = False  # whether the model has a first-order (LR) term
 
     def __init__(
-        self, feature_map: FeatureMap, config: ModelConfig, knowledge_tokens: int = 0
+        self,
+        feature_map: FeatureMap,
+        config: ModelConfig,
+        knowledge_tokens: int = 0,
+        raw_sequences: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.feature_map = feature_map
         self.config = config
+        self.raw_sequences = raw_sequences  # sequences the model attends over itself (DIN)
         self.embedding = FeatureEmbedding(
-            feature_map, config.embedding_dim, self.raw_sequences, linear=self.uses_linear
+            feature_map, config.embedding_dim, raw_sequences, linear=self.uses_linear
         )
         self.knowledge_tokens = knowledge_tokens
         self.num_fields = self.embedding.num_fields + knowledge_tokens
@@ -78,9 +85,8 @@ class CTRModel(nn.Module):
         raise NotImplementedError
 
     def embedding_l2(self) -> torch.Tensor:
-        """Squared norm of the embeddings looked up in the last forward (per sample)."""
-        last = self.embedding.last_l2
-        return last if last is not None else torch.zeros(())
+        """Squared norm of the field vectors of the last forward, per sample."""
+        return self.embedding.l2_of_last()
 
 
 _MODELS: dict[str, type[CTRModel]] = {}

@@ -62,7 +62,7 @@ class FeatureEmbedding(nn.Module):
         self.raw = list(raw_sequences)
         self.seq_offset = {f.name: offsets[f.vocab] for f in seqs}
         self.num_fields = len(fmap.id_features) + len(fmap.float_features) + len(self.pooled)
-        self.last_l2: torch.Tensor | None = None
+        self._last: torch.Tensor | None = None
 
     def lookup_sequence(self, batch: Batch, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``([B, L, d], mask [B, L])`` for one sequence feature (mask: non-padding)."""
@@ -82,8 +82,14 @@ class FeatureEmbedding(nn.Module):
             m = mask.unsqueeze(-1).to(emb.dtype)
             parts.append(((emb * m).sum(1) / m.sum(1).clamp_min(1.0)).unsqueeze(1))
         fields = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-        self.last_l2 = fields.pow(2).sum() / max(1, fields.shape[0])
+        self._last = fields  # kept for an L2 penalty, computed only when one is asked for
         return fields
+
+    def l2_of_last(self) -> torch.Tensor:
+        """Squared norm of the last forward's field vectors, per sample (0 before any)."""
+        if self._last is None:
+            return torch.zeros(())
+        return self._last.pow(2).sum() / max(1, self._last.shape[0])
 
     def linear_logit(self, batch: Batch) -> torch.Tensor:
         """First-order term ``[B]``: a weight per id (and per float field, times its value)."""

@@ -1,22 +1,31 @@
-"""Building blocks shared by the models: MLP and the factorization machine."""
+"""Building blocks shared by the models: activations (Dice included), MLP, the FM."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "silu": nn.SiLU,
+}
+ACTIVATION_NAMES = (*_ACTIVATIONS, "dice")
 
-def activation(name: str) -> nn.Module:
-    acts = {
-        "relu": nn.ReLU,
-        "gelu": nn.GELU,
-        "tanh": nn.Tanh,
-        "sigmoid": nn.Sigmoid,
-        "silu": nn.SiLU,
-    }
-    if name not in acts:
-        raise ValueError(f"unknown activation {name!r}; known: {', '.join(acts)}")
-    return acts[name]()
+
+def check_activation(name: str) -> str:
+    """A config validator: the name, or a ValueError listing the known ones."""
+    if name not in ACTIVATION_NAMES:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATION_NAMES)}")
+    return name
+
+
+def activation(name: str, dim: int) -> nn.Module:
+    """An activation by name; ``dice`` (DIN's data-adaptive activation) needs the width."""
+    check_activation(name)
+    return Dice(dim) if name == "dice" else _ACTIVATIONS[name]()
 
 
 class MLP(nn.Module):
@@ -38,7 +47,7 @@ class MLP(nn.Module):
             layers.append(nn.Linear(in_dim, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
-            layers.append(activation(act))
+            layers.append(activation(act, h))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             in_dim = h
@@ -50,6 +59,25 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class Dice(nn.Module):
+    """Dice activation (DIN, Zhou et al. 2018): ``p(s) * s + (1 - p(s)) * alpha * s`` with
+    ``p(s) = sigmoid((s - E[s]) / sqrt(Var[s] + eps))``.
+
+    BN-based, as in the paper: ``E``/``Var`` are the mini-batch statistics in training and
+    their moving averages at inference (an affine-free BatchNorm), so predictions of a trained
+    model do not depend on the batch. ``alpha`` is learned per unit. Input ``[..., dim]``.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, eps=eps, affine=False)
+        self.alpha = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(self.norm(x.reshape(-1, x.shape[-1]))).view_as(x)
+        return x * (self.alpha + (1.0 - self.alpha) * p)
 
 
 class FactorizationMachine(nn.Module):

@@ -1,0 +1,72 @@
+"""AutoInt (Song et al., CIKM 2019): stacked multi-head self-attention over the field vectors
+(each layer lets every field attend to every other, with a residual connection), then one
+linear logit over the flattened output. AutoInt+ (``use_mlp``) adds an MLP over the field
+vectors in parallel."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from fined.data.feature_map import FeatureMap
+from fined.data.loader import Batch
+from fined.models.base import CTRModel, ModelConfig, register_model
+from fined.models.interaction import SelfAttentionLayer
+from fined.models.layers import MLP
+
+
+class AutoIntConfig(ModelConfig):
+    attention_layers: int = Field(ge=1)
+    num_heads: int = Field(ge=1)
+    attention_dim: int = Field(ge=1)  # output width of a layer, split across the heads
+    residual: bool
+    layer_norm: bool
+    use_mlp: bool  # AutoInt+
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoIntConfig:
+        if self.attention_dim % self.num_heads:
+            raise ValueError(
+                f"attention_dim ({self.attention_dim}) must be divisible by num_heads "
+                f"({self.num_heads})"
+            )
+        return self
+
+
+@register_model("autoint")
+class AutoInt(CTRModel):
+    config_class = AutoIntConfig
+
+    def __init__(
+        self, feature_map: FeatureMap, config: AutoIntConfig, knowledge_tokens: int = 0
+    ) -> None:
+        super().__init__(feature_map, config, knowledge_tokens)
+        c = config
+        dims = [c.embedding_dim] + [c.attention_dim] * c.attention_layers
+        self.attention = nn.Sequential(
+            *(
+                SelfAttentionLayer(i, c.attention_dim, c.num_heads, c.residual, c.layer_norm)
+                for i in dims[:-1]
+            )
+        )
+        self.out = nn.Linear(self.num_fields * c.attention_dim, 1)
+        self.mlp = (
+            MLP(
+                self.num_fields * c.embedding_dim,
+                c.mlp,
+                out=1,
+                act=c.activation,
+                dropout=c.dropout,
+                batch_norm=c.batch_norm,
+            )
+            if c.use_mlp
+            else None
+        )
+
+    def interact(self, fields: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """``[B, F, d] -> [B]``."""
+        logit = self.out(self.attention(fields).flatten(1)).squeeze(1)  # [B, F, a] -> [B]
+        if self.mlp is not None:
+            logit = logit + self.mlp(fields.flatten(1)).squeeze(1)
+        return logit
