@@ -1,8 +1,10 @@
 """A trained model on disk: ``model.safetensors`` (weights) + ``model.json`` (what it is).
 
 ``model.json`` records the model name and config, the trainer config, the feature-map
-fingerprint, the periods it was trained on and its metrics; loading against a dataset with a
-different fingerprint fails with a clear error.
+fingerprint, the periods it was trained on and its metrics, and for a FINED model the
+knowledge base's and the adaptor's configs (the KB's weights travel inside the model's, so a
+run directory is self-contained). Loading against a dataset with a different fingerprint
+fails with a clear error.
 """
 
 from __future__ import annotations
@@ -13,33 +15,63 @@ from typing import Any
 from safetensors.torch import load_file, save
 
 from fined.data.feature_map import FeatureMap
+from fined.data.schema import parse_model
 from fined.errors import FinedError
 from fined.io import atomic_write_bytes, atomic_write_json, read_json
+from fined.knowledge.adaptor import AdaptorConfig, FinedModel
+from fined.knowledge.store import build_kb
 from fined.models.base import CTRModel, build_model
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
 
 
-def save_model(run_dir: str | Path, model: CTRModel, info: dict[str, Any]) -> None:
+def describe_model(model: CTRModel | FinedModel) -> dict[str, Any]:
+    """What it takes to rebuild ``model`` (before its weights are loaded)."""
+    base = model.base if isinstance(model, FinedModel) else model
+    meta = {
+        "model": base.model_name,
+        "model_config": base.config.model_dump(),
+        "knowledge_tokens": base.knowledge_tokens,
+        "fingerprint": base.feature_map.fingerprint,
+    }
+    if isinstance(model, FinedModel):
+        meta["kb"] = {
+            "config": model.kb.config.model_dump(),
+            "known_through": model.kb.known_through,
+            "fingerprint": base.feature_map.fingerprint,
+        }
+        meta["adaptor"] = model.adaptor_config.model_dump()
+    return meta
+
+
+def rebuild_model(meta: dict[str, Any], feature_map: FeatureMap) -> CTRModel | FinedModel:
+    base = build_model(
+        meta["model"],
+        feature_map,
+        meta["model_config"],
+        knowledge_tokens=meta.get("knowledge_tokens", 0),
+    )
+    if "kb" not in meta:
+        return base
+    adaptor = parse_model(AdaptorConfig, meta["adaptor"], "adaptor config")
+    return FinedModel(base, build_kb(meta["kb"], feature_map), adaptor)
+
+
+def save_model(run_dir: str | Path, model: CTRModel | FinedModel, info: dict[str, Any]) -> None:
     run_dir = Path(run_dir)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(run_dir / WEIGHTS, save(state))
-    meta = {
-        "model": model.model_name,
-        "model_config": model.config.model_dump(),
-        "knowledge_tokens": model.knowledge_tokens,
-        "fingerprint": model.feature_map.fingerprint,
-        **info,
-    }
-    atomic_write_json(run_dir / META, meta)
+    atomic_write_json(run_dir / META, {**describe_model(model), **info})
 
 
 def read_model_info(run_dir: str | Path) -> dict[str, Any]:
     return read_json(Path(run_dir) / META, "model description")
 
 
-def load_model(run_dir: str | Path, feature_map: FeatureMap) -> tuple[CTRModel, dict[str, Any]]:
+def load_model(
+    run_dir: str | Path, feature_map: FeatureMap
+) -> tuple[CTRModel | FinedModel, dict[str, Any]]:
     """Rebuild a saved model for ``feature_map`` (which must be the one it was trained on)."""
     run_dir = Path(run_dir)
     meta = read_model_info(run_dir)

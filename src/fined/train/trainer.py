@@ -1,8 +1,10 @@
 """The trainer: fits any model that maps a ``Batch`` to click logits.
 
 It knows nothing of any one model. A model may add terms to the loss by defining
-``extra_loss(batch, logits) -> Tensor`` (the knowledge base and distillation do), and gets an
-L2 penalty on its looked-up embeddings through ``embedding_l2()``.
+``extra_loss(batch, logits) -> Tensor`` (the knowledge base and distillation do) and report
+them in a ``loss_terms`` dict, choose what the optimizer updates with
+``optimizer_parameters()`` (parameters or parameter groups), and gets an L2 penalty on its
+looked-up embeddings through ``embedding_l2()``.
 
 Selection is on the validation set only: early stopping and learning-rate decay watch the
 validation AUC, the best epoch's weights are restored at the end, and a test set is never
@@ -107,7 +109,8 @@ class Trainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         c = self.config
         cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        chooser = getattr(self.model, "optimizer_parameters", None)
+        params = chooser() if chooser else [p for p in self.model.parameters() if p.requires_grad]
         return cls(params, lr=c.lr, weight_decay=c.weight_decay)
 
     def _score(self, metrics: dict[str, float]) -> float:
@@ -157,7 +160,7 @@ class Trainer:
             epoch = state["epoch"]
             loader.set_epoch(epoch)
             t0 = time.perf_counter()
-            loss = self._train_epoch(loader, optimizer, epoch)
+            loss, terms = self._train_epoch(loader, optimizer, epoch)
             seconds = time.perf_counter() - t0
             train_seconds += seconds
             trained_rows += len(train)
@@ -166,6 +169,7 @@ class Trainer:
             row = {
                 "epoch": epoch,
                 "train_loss": loss,
+                **{f"train_{k}": v for k, v in terms.items()},
                 **{f"valid_{k}": v for k, v in metrics.items()},
                 "lr": optimizer.param_groups[0]["lr"],
                 "train_seconds": seconds,
@@ -208,6 +212,7 @@ class Trainer:
         extra = getattr(model, "extra_loss", None)
         l2 = getattr(model, "embedding_l2", None) if c.embedding_l2 > 0 else None
         total, rows = 0.0, 0
+        term_sums: dict[str, float] = {}
         with _Progress(len(loader), f"epoch {epoch}", c.progress) as bar:
             for batch in loader:
                 logits = model(batch)
@@ -224,8 +229,10 @@ class Trainer:
                 n = len(batch)
                 total += float(loss.detach()) * n
                 rows += n
-                bar.advance(total / rows)
-        return total / max(rows, 1)
+                for k, v in getattr(model, "loss_terms", {}).items():
+                    term_sums[k] = term_sums.get(k, 0.0) + v * n
+                bar.advance(total / rows, {k: v / rows for k, v in term_sums.items()})
+        return total / max(rows, 1), {k: v / max(rows, 1) for k, v in term_sums.items()}
 
     def _checkpoint(self, run_dir: Path, optimizer, scheduler, state: dict[str, Any]) -> None:
         trainer_state = {k: v for k, v in state.items() if k != "best_weights"}
@@ -282,12 +289,13 @@ class _Progress:
                 transient=True,
             )
             self.bar.start()
-            self.task = self.bar.add_task(self.label, total=self.total, loss=float("nan"))
+            self.task = self.bar.add_task(self.label, total=self.total, loss=float("nan"), terms="")
         return self
 
-    def advance(self, loss: float) -> None:
+    def advance(self, loss: float, terms: dict[str, float]) -> None:
         if self.enabled:
-            self.bar.update(self.task, advance=1, loss=loss)
+            text = " ".join(f"{k} {v:.4g}" for k, v in terms.items())
+            self.bar.update(self.task, advance=1, loss=loss, terms=text)
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:

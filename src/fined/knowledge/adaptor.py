@@ -1,0 +1,112 @@
+"""Stage 2: feed each instance the knowledge it needs, inside any base CTR model.
+
+The knowledge adaptor forms an instance query from the base model's own field embeddings,
+attends with m heads over the K knowledge vectors of the (frozen) knowledge base, projects
+the m results to the base embedding size, and scales them by an instance-wise gate
+``g = sigmoid(w . q)``: the instance decides how much of the past it needs. The tokens are
+appended to the base model's fields, so its interaction part (FM, cross layers, products,
+CIN, self-attention, DIN's MLP) works on them like on any other field.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from fined.data.loader import Batch
+from fined.data.schema import StrictModel
+from fined.knowledge.base import KnowledgeBase
+from fined.models.base import CTRModel
+
+
+class AdaptorConfig(StrictModel):
+    tokens: int = Field(2, ge=1)  # m knowledge tokens (attention heads)
+    attention_dim: int = Field(16, ge=1)  # per head
+    finetune_lr: float | None = Field(None, gt=0)  # None: the KB stays frozen
+
+
+class KnowledgeAdaptor(nn.Module):
+    """``(fields [B, F, d], V [B, K, d_kb]) -> tokens [B, m, d]``."""
+
+    def __init__(
+        self, num_fields: int, dim: int, kb_dim: int, tokens: int, attention_dim: int
+    ) -> None:
+        super().__init__()
+        self.m, self.a, self.d = tokens, attention_dim, dim
+        self.query = nn.Linear(num_fields * dim, tokens * attention_dim)
+        self.key = nn.Linear(kb_dim, tokens * attention_dim)
+        self.value = nn.Linear(kb_dim, tokens * dim)
+        self.gate = nn.Linear(tokens * attention_dim, 1)
+
+    def forward(self, fields: torch.Tensor, knowledge: torch.Tensor) -> torch.Tensor:
+        b, k = knowledge.shape[:2]
+        q = self.query(fields.flatten(1))  # [B, m*a]
+        keys = self.key(knowledge).view(b, k, self.m, self.a).transpose(1, 2)  # [B, m, K, a]
+        values = self.value(knowledge).view(b, k, self.m, self.d).transpose(1, 2)  # [B, m, K, d]
+        scores = (keys @ q.view(b, self.m, self.a, 1)).squeeze(-1) / math.sqrt(self.a)  # [B, m, K]
+        tokens = (torch.softmax(scores, -1).unsqueeze(2) @ values).squeeze(2)  # [B, m, d]
+        return tokens * torch.sigmoid(self.gate(q)).unsqueeze(-1)
+
+
+class FinedModel(nn.Module):
+    """A base CTR model (built with ``knowledge_tokens = m``) fed by a knowledge base."""
+
+    def __init__(self, base: CTRModel, kb: KnowledgeBase, config: AdaptorConfig) -> None:
+        super().__init__()
+        if base.knowledge_tokens != config.tokens:
+            raise ValueError(
+                f"the base model takes {base.knowledge_tokens} knowledge tokens, "
+                f"the adaptor gives {config.tokens}"
+            )
+        self.base, self.kb, self.adaptor_config = base, kb, config
+        self.adaptor = KnowledgeAdaptor(
+            base.embedding.num_fields,
+            base.config.embedding_dim,
+            kb.config.dim,
+            config.tokens,
+            config.attention_dim,
+        )
+        self.kb.requires_grad_(config.finetune_lr is not None)
+
+    # The trainer and artefacts look at these, as on any CTRModel.
+    @property
+    def model_name(self) -> str:
+        return self.base.model_name
+
+    @property
+    def feature_map(self):
+        return self.base.feature_map
+
+    def knowledge(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(V, gates)`` for the batch; differentiable only when fine-tuning the KB."""
+        if self.adaptor_config.finetune_lr is None:
+            return self.kb.query(batch)
+        out = self.kb.encode(batch)
+        return out["v"], out["z"]
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        fields = self.base.embedding(batch)
+        tokens = self.adaptor(fields, self.knowledge(batch)[0])
+        return self.base.interact(torch.cat([fields, tokens], 1), batch)
+
+    def train(self, mode: bool = True) -> FinedModel:
+        super().train(mode)
+        if self.adaptor_config.finetune_lr is None:
+            self.kb.eval()  # a frozen KB keeps deterministic gates and v = mu
+        return self
+
+    def embedding_l2(self) -> torch.Tensor:
+        return self.base.embedding_l2()
+
+    def optimizer_parameters(self) -> list[dict]:
+        """The base model and adaptor at the trainer's rate; the KB, when fine-tuned, at its own."""
+        own = [p for n, p in self.named_parameters() if not n.startswith("kb.") and p.requires_grad]
+        groups: list[dict] = [{"params": own}]
+        if self.adaptor_config.finetune_lr is not None:
+            groups.append(
+                {"params": self.kb.optimizer_parameters(), "lr": self.adaptor_config.finetune_lr}
+            )
+        return groups

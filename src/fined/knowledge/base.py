@@ -1,0 +1,166 @@
+"""The parametric knowledge base: extractor + encoder + a task head, trained on the past.
+
+Stage 1 (``fined kb build``) trains it on past periods with
+``L_kb = BCE + beta_ib * mean_k KL(q(v_k) || N(0, I)) + lambda_dis * MI(v_k, v_k') +
+lambda_l0 * E[L0]``: the BCE head and the KL are the two sides of the information bottleneck
+(keep what predicts the click, squeeze out the rest), the L0 term keeps patterns short and
+sparse, and the MI term makes different slots store different things. Each term can be
+switched off (that is how the ablations run).
+
+Stage 2 freezes it: ``query(batch) -> (V [B, K, d], gates [B, F, K])`` gives every instance
+its knowledge vectors; ids the KB never saw (indices beyond its vocabularies) are mapped to
+OOV first, so they too get knowledge.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.nn import functional as F
+
+from fined.data.feature_map import FeatureMap
+from fined.data.loader import Batch
+from fined.data.schema import StrictModel
+from fined.data.vocab import OOV
+from fined.knowledge.encoder import KnowledgeEncoder
+from fined.knowledge.extractor import KnowledgeExtractor
+from fined.knowledge.regularizers import SlotMI, gaussian_kl
+from fined.models.layers import MLP
+
+
+class KBConfig(StrictModel):
+    """Knowledge-base settings (``kb:`` in a config, ``--set`` on the command line)."""
+
+    slots: int = Field(8, ge=1)  # K pattern slots / knowledge vectors
+    dim: int = Field(16, ge=2)  # d_kb
+    attention_layers: int = Field(1, ge=1, le=4)
+    heads: int = Field(2, ge=1)
+    encoder_hidden: list[int] = Field(default_factory=lambda: [64])
+    head_hidden: list[int] = Field(default_factory=lambda: [64])
+    essential: bool = True  # information bottleneck (KL + stochastic v)
+    beta_ib: float = Field(1e-3, ge=0)
+    disentangled: bool = True
+    lambda_dis: float = Field(0.05, ge=0)
+    mi_estimator: Literal["club", "hsic"] = "club"
+    mi_pairs: int = Field(6, ge=1)
+    hsic_rows: int = Field(256, ge=8)
+    club_lr: float = Field(1e-3, gt=0)
+    sparse: bool = True  # the L0 penalty on the gates
+    lambda_l0: float = Field(0.05, ge=0)
+    gate_init: float = 2.0  # initial gate logit: patterns start open, L0 then closes them
+    l0_warmup_steps: int = Field(150, ge=0)  # the L0 weight ramps up linearly over these steps
+    dense_gates: bool = False  # ablation: every field in every pattern, no gates
+
+
+class KnowledgeBase(nn.Module):
+    """Extractor + encoder + head. ``forward`` gives the stage-1 click logits ``[B]``."""
+
+    def __init__(self, feature_map: FeatureMap, config: KBConfig, known_through: int) -> None:
+        super().__init__()
+        c = config
+        if c.dim % c.heads:
+            raise ValueError(f"kb dim {c.dim} must be divisible by heads {c.heads}")
+        self.feature_map, self.config, self.known_through = feature_map, c, known_through
+        self.extractor = KnowledgeExtractor(
+            feature_map, c.dim, c.slots, c.attention_layers, c.heads, c.dense_gates, c.gate_init
+        )
+        self.encoder = KnowledgeEncoder(c.dim, c.slots, c.encoder_hidden, stochastic=c.essential)
+        # Additive over slots (one shared scorer per knowledge vector, scores summed): each
+        # slot must carry a piece of evidence on its own, which pushes different patterns
+        # into different slots instead of one slot holding every field.
+        self.head = MLP(c.dim, c.head_hidden, out=1)
+        self.mi = (
+            SlotMI(c.mi_estimator, c.slots, c.dim, c.mi_pairs, c.hsic_rows)
+            if c.disentangled and c.slots > 1
+            else None
+        )
+        self._q_optimizer: torch.optim.Optimizer | None = None
+        # Training steps seen (a buffer, so that a resumed build ramps the L0 weight alike).
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self._last: dict[str, torch.Tensor] = {}
+        self.loss_terms: dict[str, float] = {}
+        self.register_buffer("id_limits", self._limits([f.vocab for f in feature_map.id_features]))
+        self.seq_limits = {f.name: self._limit(f.vocab) for f in feature_map.sequence_features}
+
+    # -- ids the KB never saw --------------------------------------------------------------
+    def _limit(self, vocab: str) -> int:
+        sizes = self.feature_map.feature(vocab).vocab_size_by_period
+        return sizes[self.known_through] if sizes else 1 << 62
+
+    def _limits(self, vocabs: list[str]) -> torch.Tensor:
+        return torch.tensor([self._limit(v) for v in vocabs], dtype=torch.long)
+
+    def _known(self, batch: Batch) -> Batch:
+        ids = torch.where(batch.ids.long() >= self.id_limits, OOV, batch.ids.long())
+        seqs = {
+            k: torch.where(s.long() >= self.seq_limits[k], OOV, s.long())
+            for k, s in batch.sequences.items()
+        }
+        return Batch(ids, batch.floats, seqs, batch.label, batch.time, batch.group)
+
+    # -- the knowledge ---------------------------------------------------------------------
+    def encode(self, batch: Batch) -> dict[str, torch.Tensor]:
+        fields, log_alpha, z = self.extractor(self._known(batch))
+        v, mu, logvar = self.encoder(fields, z)
+        return {"v": v, "mu": mu, "logvar": logvar, "log_alpha": log_alpha, "z": z}
+
+    @torch.no_grad()
+    def query(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen use: ``(V [B, K, d], gates [B, F, K])`` (deterministic: mu, eval gates)."""
+        was = self.training
+        self.eval()
+        out = self.encode(batch)
+        self.train(was)
+        return out["v"], out["z"]
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        out = self.encode(batch)
+        self._last = out
+        return self.head(out["v"]).squeeze(-1).sum(1)
+
+    # -- stage-1 losses (the trainer adds these to the BCE) ---------------------------------
+    def optimizer_parameters(self) -> list[nn.Parameter]:
+        """Everything but the MI estimator's own network, which has its own optimizer."""
+        own = {id(p) for p in self.mi.parameters()} if self.mi is not None else set()
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+
+    def extra_loss(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        c, out = self.config, self._last
+        total = logits.new_zeros(())
+        terms = {"bce": float(F.binary_cross_entropy_with_logits(logits.detach(), batch.label))}
+        if c.essential and c.beta_ib > 0:
+            kl = gaussian_kl(out["mu"], out["logvar"]).mean()
+            total = total + c.beta_ib * kl
+            terms["kl"] = float(kl.detach())
+        self.steps += 1
+        if c.sparse and c.lambda_l0 > 0 and not c.dense_gates:
+            l0 = self.extractor.gate.expected_l0(out["log_alpha"]).mean()
+            # Gates that close before the task has shaped the embeddings never reopen (a
+            # closed gate gets no task gradient): the penalty ramps up instead.
+            ramp = min(1.0, float(self.steps) / c.l0_warmup_steps) if c.l0_warmup_steps else 1.0
+            total = total + c.lambda_l0 * ramp * l0
+            terms["l0"] = float(l0.detach())
+        if self.mi is not None and c.lambda_dis > 0:
+            self._train_estimator(out["v"])
+            mi = self.mi(out["v"])
+            total = total + c.lambda_dis * mi
+            terms["mi"] = float(mi.detach())
+        self.loss_terms = terms
+        return total
+
+    def _train_estimator(self, v: torch.Tensor) -> None:
+        """One step of the estimator's own network on detached vectors (CLUB alternation)."""
+        params = list(self.mi.estimator.parameters()) + (
+            list(self.mi.slot_code.parameters()) if self.mi.slot_code is not None else []
+        )
+        if not params:
+            return
+        if self._q_optimizer is None:
+            self._q_optimizer = torch.optim.Adam(params, lr=self.config.club_lr)
+        self._q_optimizer.zero_grad(set_to_none=True)
+        self.mi.learning_loss(v.detach()).backward()
+        self._q_optimizer.step()
+        self._q_optimizer.zero_grad(set_to_none=True)

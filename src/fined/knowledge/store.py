@@ -1,0 +1,75 @@
+"""A knowledge base on disk: ``kb.safetensors`` (weights) + ``kb.json`` (what it is).
+
+``kb.json`` records the feature-map fingerprint, the periods it memorized, K and the
+dimensions, the loss weights (the whole config) and the training metrics. Loading it against
+data with another feature map fails with a clear error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save
+
+from fined.data.feature_map import FeatureMap
+from fined.data.schema import parse_model
+from fined.errors import FinedError
+from fined.io import atomic_write_bytes, atomic_write_json, read_json
+from fined.knowledge.base import KBConfig, KnowledgeBase
+
+WEIGHTS, META = "kb.safetensors", "kb.json"
+
+
+def save_kb(
+    directory: str | Path, kb: KnowledgeBase, periods: list[int], metrics: dict[str, Any]
+) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in kb.state_dict().items()}
+    atomic_write_bytes(directory / WEIGHTS, save(state))
+    fmap = kb.feature_map
+    atomic_write_json(
+        directory / META,
+        {
+            "fingerprint": fmap.fingerprint,
+            "dataset": fmap.dataset,
+            "periods": periods,
+            "period_names": [fmap.periods[p].name for p in periods],
+            "known_through": kb.known_through,
+            "config": kb.config.model_dump(),
+            "parameters": sum(v.numel() for v in state.values()),
+            "bytes": (directory / WEIGHTS).stat().st_size,
+            "metrics": metrics,
+        },
+    )
+
+
+def kb_info(directory: str | Path) -> dict[str, Any]:
+    return read_json(Path(directory) / META, "knowledge-base description")
+
+
+def build_kb(meta: dict[str, Any], feature_map: FeatureMap) -> KnowledgeBase:
+    """An untrained KB shaped as ``meta`` describes (weights loaded separately)."""
+    if meta.get("fingerprint") != feature_map.fingerprint:
+        raise FinedError(
+            f"the knowledge base was built for feature map {meta.get('fingerprint')}, "
+            f"this dataset has {feature_map.fingerprint}"
+        )
+    config = parse_model(KBConfig, meta["config"], "kb config")
+    return KnowledgeBase(feature_map, config, known_through=meta["known_through"])
+
+
+def load_kb(directory: str | Path, feature_map: FeatureMap) -> tuple[KnowledgeBase, dict[str, Any]]:
+    directory = Path(directory)
+    meta = kb_info(directory)
+    kb = build_kb(meta, feature_map)
+    path = directory / WEIGHTS
+    if not path.is_file():
+        raise FinedError(f"{path}: missing knowledge-base weights")
+    try:
+        kb.load_state_dict(load_file(str(path)))
+    except (RuntimeError, OSError) as err:
+        raise FinedError(f"{path}: weights do not fit ({err})") from None
+    kb.eval()
+    return kb, meta
