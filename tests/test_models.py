@@ -40,7 +40,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "pnn_outer": ("pnn", {"product": "outer"}),
     "xdeepfm": ("xdeepfm", {"cin_layers": [16, 16]}),
     # Without LayerNorm the attention-only AutoInt reaches only ~0.68 here (LR: 0.667).
-    "autoint": ("autoint", {"attention_layers": 2, "attention_dim": 16, "layer_norm": True}),
+    "autoint": (
+        "autoint",
+        {"attention_layers": 2, "attention_dim": 16, "layer_norm": True, "use_mlp": False},
+    ),
     "autoint_plus": ("autoint", {"attention_layers": 2, "attention_dim": 16, "use_mlp": True}),
     "din": ("din", {"attention_mlp": [32]}),
     "din_softmax": ("din", {"attention_mlp": [32], "attention_softmax": True}),

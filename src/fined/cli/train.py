@@ -74,28 +74,40 @@ def train(
     ] = [],  # noqa: B006
     seed: Annotated[int | None, typer.Option(help="Random seed (train.seed).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a stopped run in OUT.")] = False,
+    kb: Annotated[
+        Path | None, typer.Option(help="Feed knowledge from this KB (FINED stage 2).")
+    ] = None,
+    kb_finetune: Annotated[
+        float | None, typer.Option(help="Fine-tune the KB at this rate.")
+    ] = None,
 ) -> None:
-    """Train one model; the epoch is selected on the validation set, never on the test set."""
+    """Train one model; the epoch is selected on the validation set, never on the test set.
+
+    With ``--kb``, the model is fed instance-wise knowledge from a frozen knowledge base
+    (``adaptor.*`` keys of ``--set`` tune the adaptor)."""
     from fined.data.loader import PeriodStore
     from fined.data.schema import parse_model
     from fined.io import atomic_write_json, read_json
-    from fined.models.base import build_model
-    from fined.train.artifact import save_model
+    from fined.train.artifact import describe_model, save_model
     from fined.train.selection import make_split
     from fined.train.trainer import TrainConfig, Trainer
 
     model_over, train_over = _load_config(config, set_)
+    adaptor_over = {
+        k.removeprefix("adaptor."): model_over.pop(k)
+        for k in list(model_over)
+        if k.startswith("adaptor.")
+    }
     if seed is not None:
         train_over["seed"] = seed
     train_cfg = parse_model(TrainConfig, train_over, "train")
     store = PeriodStore(data)
-    net = build_model(model, store.feature_map, model_over)
     split = make_split(store, train_periods, valid, test)
+    net = _build(store, model, model_over, kb, kb_finetune, adaptor_over, max(split.train_periods))
     run = {
         "data": str(data),
         "fingerprint": store.feature_map.fingerprint,
-        "model": net.model_name,
-        "model_config": net.config.model_dump(),
+        **describe_model(net),
         "train_config": train_cfg.model_dump(),
         "train_periods": split.train_periods,
         "valid": valid,
@@ -130,6 +142,35 @@ def train(
     save_model(out, net, info)
     atomic_write_json(out / "results.json", info)
     console.print(_metrics_table(f"{net.model_name}: best epoch {fit.best_epoch}", results))
+
+
+def _build(
+    store,
+    model: str,
+    model_over: dict,
+    kb: Path | None,
+    finetune: float | None,
+    adaptor_over: dict,
+    last_train_period: int,
+):
+    """The base model, or the base model fed by a knowledge base (FINED stage 2)."""
+    from fined.data.schema import parse_model
+    from fined.knowledge.adaptor import AdaptorConfig, FinedModel
+    from fined.knowledge.store import load_kb
+    from fined.models.base import build_model
+
+    if kb is None:
+        if finetune is not None or adaptor_over:
+            raise FinedError("--kb-finetune and adaptor.* settings need --kb")
+        return build_model(model, store.feature_map, model_over)
+    base_kb, meta = load_kb(kb, store.feature_map)
+    if max(meta["periods"]) > last_train_period:
+        raise FinedError(
+            f"{kb} memorized periods up to {max(meta['periods'])}, after the training periods"
+        )
+    adaptor = parse_model(AdaptorConfig, {**adaptor_over, "finetune_lr": finetune}, "adaptor")
+    base = build_model(model, store.feature_map, model_over, knowledge_tokens=adaptor.tokens)
+    return FinedModel(base, base_kb, adaptor)
 
 
 def _load_run(run_dir: Path, data: Path):

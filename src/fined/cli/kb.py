@@ -1,0 +1,142 @@
+"""``fined kb``: build a knowledge base from past periods, and inspect what it learned."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fined.cli.app import app, console, parse_pairs
+from fined.errors import FinedError
+
+kb_app = typer.Typer(no_args_is_help=True, help="Build and inspect knowledge bases.")
+app.add_typer(kb_app, name="kb")
+
+
+def kb_settings(config: Path | None, sets: list[str]) -> tuple[dict, dict]:
+    """KB settings and trainer settings: a YAML file (KB keys at the top level, trainer keys
+    under ``train:``), then ``--set key=value`` / ``--set train.key=value``."""
+    from fined.data.schema import load_yaml
+
+    kb: dict = {}
+    trainer: dict = {}
+    if config is not None:
+        doc = load_yaml(config) or {}
+        if not isinstance(doc, dict):
+            raise FinedError(f"{config}: expected a mapping of settings")
+        trainer = dict(doc.pop("train", None) or {})
+        kb = doc
+    for key, value in parse_pairs(sets, "--set").items():
+        (trainer if key.startswith("train.") else kb)[key.removeprefix("train.")] = value
+    return kb, trainer
+
+
+@kb_app.command("build")
+def build(
+    data: Annotated[Path, typer.Option(help="A prepared dataset directory.")],
+    periods: Annotated[str, typer.Option(help="The past periods to memorize, e.g. 0:2.")],
+    out: Annotated[Path, typer.Option(help="Knowledge-base directory (kb.safetensors, kb.json).")],
+    config: Annotated[
+        Path | None, typer.Option(help="KB YAML (trainer keys under train:).")
+    ] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override KEY=VALUE (train.KEY).")] = [],  # noqa: B006
+    no_essential: Annotated[
+        bool, typer.Option(help="Ablation: no information bottleneck.")
+    ] = False,
+    no_disentangled: Annotated[bool, typer.Option(help="Ablation: no MI penalty.")] = False,
+    no_l0: Annotated[bool, typer.Option(help="Ablation: no L0 penalty on the gates.")] = False,
+    dense_gates: Annotated[
+        bool, typer.Option(help="Ablation: every field in every pattern.")
+    ] = False,
+) -> None:
+    """Stage 1: memorize past periods into a frozen parametric knowledge base."""
+    from fined.data.loader import PeriodStore
+    from fined.data.schema import parse_model
+    from fined.knowledge.base import KBConfig
+    from fined.train.kb import build_knowledge_base
+    from fined.train.selection import parse_periods
+    from fined.train.trainer import TrainConfig
+
+    kb_over, train_over = kb_settings(config, set_)
+    for flag, key, value in (
+        (no_essential, "essential", False),
+        (no_disentangled, "disentangled", False),
+        (no_l0, "sparse", False),
+        (dense_gates, "dense_gates", True),
+    ):
+        if flag:
+            kb_over[key] = value
+    kb_cfg = parse_model(KBConfig, kb_over, "kb")
+    train_cfg = parse_model(TrainConfig, train_over, "train")
+    store = PeriodStore(data)
+    chosen = parse_periods(periods, store.feature_map)
+    built = build_knowledge_base(store, chosen, kb_cfg, train_cfg, out)
+    meta = json.loads((out / "kb.json").read_text())
+    console.print(
+        f"knowledge base of {kb_cfg.slots} slots x {kb_cfg.dim} built from periods "
+        f"{', '.join(meta['period_names'])}: valid AUC {built.fit.best.get('auc', math.nan):.4f} "
+        f"(epoch {built.fit.best_epoch}), {meta['bytes']:,} bytes -> {out}"
+    )
+
+
+@kb_app.command("inspect")
+def inspect(
+    kb_dir: Annotated[Path, typer.Argument(help="A knowledge-base directory.")],
+    data: Annotated[Path, typer.Option(help="The prepared dataset it was built on.")],
+    periods: Annotated[
+        str | None, typer.Option(help="Rows to inspect (default: its periods' held-out rows).")
+    ] = None,
+    rows: Annotated[int, typer.Option(help="At most this many rows.")] = 20_000,
+    plot: Annotated[Path | None, typer.Option(help="Write a slots x fields heatmap (PNG).")] = None,
+) -> None:
+    """The field patterns each slot picks, their order, the L0, the MI between slots."""
+    from fined.data.loader import PeriodStore
+    from fined.knowledge.inspection import inspect_kb, recovery
+    from fined.knowledge.store import load_kb
+    from fined.train.selection import parse_periods
+
+    store = PeriodStore(data)
+    kb, meta = load_kb(kb_dir, store.feature_map)
+    if periods is None:
+        sample = store.load(meta["periods"], "holdout", known_through=kb.known_through)
+    else:
+        sample = store.load(
+            parse_periods(periods, store.feature_map), known_through=kb.known_through
+        )
+    sample = sample.slice(0, min(rows, len(sample)))
+    ins = inspect_kb(kb, sample)
+
+    table = Table(title=f"knowledge base {kb_dir} ({len(sample):,} rows)")
+    for col in ("slot", "mean order", "top field combinations (share of instances)", "max MI"):
+        table.add_column(col, justify="left" if col.startswith("top") else "right")
+    for s in ins.slots:
+        combos = "; ".join(f"{'+'.join(c) or '(none)'} {share:.0%}" for c, share in s.top[:3])
+        mi = max((v for v in ins.mi[s.slot] if not math.isnan(v)), default=math.nan)
+        table.add_row(str(s.slot), f"{s.mean_order:.2f}", combos, f"{mi:.3f}")
+    table.caption = (
+        f"expected L0 {ins.expected_l0:.3f}; {ins.binary_share:.1%} of gates exactly 0 or 1; "
+        "MI: Gaussian estimate between slot vectors, in nats"
+    )
+    console.print(table)
+
+    truth_path = Path(data) / "ground_truth.json"
+    if truth_path.is_file():
+        planted = [p["fields"] for p in json.loads(truth_path.read_text())["patterns"]]
+        rec = Table(title="planted patterns (synthetic ground truth)")
+        for col in ("planted fields", "best slot", "Jaccard"):
+            rec.add_column(col)
+        found = recovery(ins, planted)
+        for fields, slot, jac in found:
+            rec.add_row("+".join(fields), str(slot), f"{jac:.2f}")
+        hits = sum(j >= 0.5 for _, _, j in found)
+        rec.caption = f"{hits} of {len(found)} planted sets matched with Jaccard >= 0.5"
+        console.print(rec)
+    if plot is not None:
+        from fined.report.plots import gate_heatmap
+
+        gate_heatmap(ins, plot)
+        console.print(f"wrote {plot}")
