@@ -22,10 +22,11 @@ from fined.knowledge.base import KBConfig
 from fined.knowledge.inspection import inspect_kb, recovery
 from fined.knowledge.store import load_kb
 from fined.models import build_model
-from fined.train.kb import build_knowledge_base
+from fined.train.kb import KB_TRAIN_DEFAULTS, build_knowledge_base
 from fined.train.trainer import TrainConfig, Trainer
 
-KB_TRAIN = TrainConfig(batch_size=1024, lr=3e-3, epochs=10, patience=2, progress=False, seed=1)
+KB_TRAIN = TrainConfig(**KB_TRAIN_DEFAULTS, progress=False, seed=1)
+STAGE2_TRAIN = TrainConfig(batch_size=1024, lr=3e-3, epochs=10, patience=2, progress=False, seed=1)
 SMALL = {"embedding_dim": 16, "mlp": [128, 64]}
 
 
@@ -54,23 +55,25 @@ def test_regimes_are_recurring(store) -> None:
 
 def test_stage_one_learns_and_its_gates_are_binary(built, store) -> None:
     result, _ = built
-    assert result.fit.best["auc"] > 0.75  # measured 0.83 on the held-out tails of periods 0-1
+    assert result.fit.best["auc"] > 0.78  # measured 0.825 on the held-out tails of periods 0-1
     ins = inspect_kb(result.kb, store.load([0, 1], "holdout", known_through=1))
-    assert ins.binary_share >= 0.9  # measured 0.94
-    assert 0.05 < ins.expected_l0 < 0.9  # sparse, not collapsed: measured 0.40
+    # Measured 0.988 with this seed; across build seeds 0.82-0.99 (a build that early-stops
+    # soon after the L0 ramp keeps more gates in between).
+    assert ins.binary_share >= 0.9
+    assert 0.05 < ins.expected_l0 < 0.9  # sparse, not collapsed: measured 0.28
 
 
 def test_planted_field_sets_are_found(built, store) -> None:
-    """Measured: 2 of the 4 planted sets matched by a slot's typical pattern with Jaccard >= 0.5
-    (3 of 4 in some seeds); the slots also pick up the high-cardinality id fields, whose main
-    effects are strong, which lowers the Jaccard of the others."""
+    """Measured with this seed: all 4 planted sets matched by a slot's typical pattern with
+    Jaccard >= 0.5 (1.0, 0.67, 1.0, 0.75); across build seeds 2 to 4 of 4. Slots also pick up
+    the high-cardinality id fields, whose main effects are strong, which lowers the Jaccard."""
     result, _ = built
     truth = json.loads((store.directory / "ground_truth.json").read_text())
     found = recovery(
         inspect_kb(result.kb, store.load([0, 1], "holdout", known_through=1)),
         [p["fields"] for p in truth["patterns"]],
     )
-    assert sum(j >= 0.5 for _, _, j in found) >= 2, found
+    assert sum(j >= 0.5 for _, _, j in found) >= 3, found  # most of the planted sets
 
 
 def test_query_gives_knowledge_to_ids_never_seen(built, store) -> None:
@@ -104,7 +107,7 @@ def test_fined_beats_the_same_model_without_knowledge(built, store, model) -> No
             net = FinedModel(base, kb, adaptor)
         else:
             net = build_model(model, store.feature_map, SMALL)
-        trainer = Trainer(net, KB_TRAIN)
+        trainer = Trainer(net, STAGE2_TRAIN)
         trainer.fit(train, valid)
         scores[with_kb] = trainer.evaluate(test)["auc"]
     assert scores[True] > scores[False] + 0.004, scores

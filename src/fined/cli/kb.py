@@ -57,7 +57,7 @@ def build(
     from fined.data.loader import PeriodStore
     from fined.data.schema import parse_model
     from fined.knowledge.base import KBConfig
-    from fined.train.kb import build_knowledge_base
+    from fined.train.kb import KB_TRAIN_DEFAULTS, build_knowledge_base
     from fined.train.selection import parse_periods
     from fined.train.trainer import TrainConfig
 
@@ -71,7 +71,7 @@ def build(
         if flag:
             kb_over[key] = value
     kb_cfg = parse_model(KBConfig, kb_over, "kb")
-    train_cfg = parse_model(TrainConfig, train_over, "train")
+    train_cfg = parse_model(TrainConfig, {**KB_TRAIN_DEFAULTS, **train_over}, "train")
     store = PeriodStore(data)
     chosen = parse_periods(periods, store.feature_map)
     built = build_knowledge_base(store, chosen, kb_cfg, train_cfg, out)

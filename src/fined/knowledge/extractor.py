@@ -23,7 +23,7 @@ from fined.models.embedding import FeatureEmbedding
 # cross from open, > 2.4, to closed, < -2.4, within a few hundred steps), the instance-wise
 # shift slowly, so that it refines the slot's pattern per instance instead of replacing it.
 _PRIOR_SCALE = 10.0
-_SHIFT_SCALE = 0.1
+_SHIFT_SCALE = 0.03
 
 
 class KnowledgeExtractor(nn.Module):

@@ -98,7 +98,9 @@ class CIN(nn.Module):
     the embedding axis. With ``split_half`` every layer but the last sends half of its maps to
     the output and half to the next layer. ``[B, m, d] -> [B, out_dim]`` pooled maps.
 
-    Maps are kept as ``[B, d, H]`` so that the compression is one matmul on the last axis.
+    Maps are kept as ``[B, d, H]``. The products are never materialized (``[B, d, H_{k-1} m]``
+    is hundreds of MB at batch 4096): ``sum_i x_i (sum_j W_ij x0_j)`` contracts the fields first
+    (one matmul to ``[B, d, H_k H_{k-1}]``), then the hidden maps (one batched matmul).
     """
 
     def __init__(self, num_fields: int, layer_sizes: list[int], split_half: bool) -> None:
@@ -118,8 +120,10 @@ class CIN(nn.Module):
         b, d, m = x0.shape
         x, pooled = x0, []
         for k, layer in enumerate(self.layers):
-            z = (x.unsqueeze(3) * x0.unsqueeze(2)).reshape(b, d, -1)  # [B, d, H_{k-1} * m]
-            h = layer(z)  # [B, d, H_k]
+            size, prev = layer.out_features, x.shape[2]
+            w = layer.weight.view(size, prev, m)  # W[h, i, j]: hidden map i times field j
+            t = x0 @ w.permute(2, 0, 1).reshape(m, size * prev)  # [B, d, H_k * H_{k-1}]
+            h = (t.view(b * d, size, prev) @ x.reshape(b * d, prev, 1)).view(b, d, size)
             if self.split_half and k < len(self.layers) - 1:
                 x, h = h.chunk(2, dim=2)
             else:

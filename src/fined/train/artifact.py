@@ -80,12 +80,7 @@ def load_model(
             f"{run_dir}: trained on data with feature-map fingerprint {meta.get('fingerprint')}, "
             f"but this dataset has {feature_map.fingerprint} (prepare the same data, or retrain)"
         )
-    model = build_model(
-        meta["model"],
-        feature_map,
-        meta["model_config"],
-        knowledge_tokens=meta.get("knowledge_tokens", 0),
-    )
+    model = rebuild_model(meta, feature_map)
     path = run_dir / WEIGHTS
     if not path.is_file():
         raise FinedError(f"{path}: missing model weights")

@@ -7,6 +7,7 @@ the head's AUC on the held-out tails of the past periods (never on anything late
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,11 @@ from fined.data.loader import PeriodStore
 from fined.knowledge.base import KBConfig, KnowledgeBase
 from fined.knowledge.store import save_kb
 from fined.train.trainer import FitResult, TrainConfig, Trainer
+
+# Trainer settings a knowledge base is built with unless the user says otherwise: smaller
+# batches and a higher rate than the base models (the gates need many steps), and more
+# patience (the L0 penalty ramps up over the first epochs).
+KB_TRAIN_DEFAULTS = {"batch_size": 1024, "lr": 3e-3, "epochs": 20, "patience": 3}
 
 
 @dataclass
@@ -34,9 +40,15 @@ def build_knowledge_base(
     """Train a KB on ``periods`` (train rows), select its epoch on their held-out rows."""
     last = max(periods)
     kb = KnowledgeBase(store.feature_map, config, known_through=last)
+    rows = store.load(periods, "train", known_through=last)
+    # The gates take their final form only once the L0 weight has finished ramping up: no
+    # epoch before that may be selected.
+    ramp_epochs = math.ceil(config.l0_warmup_steps / math.ceil(len(rows) / train.batch_size))
+    if config.sparse and not config.dense_gates:
+        train = train.model_copy(update={"select_after": max(train.select_after, ramp_epochs)})
     trainer = Trainer(kb, train)
     fit = trainer.fit(
-        store.load(periods, "train", known_through=last),
+        rows,
         store.load(periods, "holdout", known_through=last),
         run_dir=Path(out) / "checkpoints" if out is not None else None,
     )

@@ -55,6 +55,7 @@ class TrainConfig(StrictModel):
     min_lr: float = Field(1e-6, ge=0)
     grad_clip: float | None = Field(10.0, gt=0)
     monitor: Literal["auc", "logloss"] = "auc"
+    select_after: int = Field(0, ge=0)  # epochs before this one are never selected or counted
     seed: int = 1
     deterministic: bool = False
     threads: int | None = Field(None, ge=1)
@@ -175,7 +176,9 @@ class Trainer:
                 "train_seconds": seconds,
             }
             state["history"].append(row)
-            if score > state["best_score"]:
+            if epoch < c.select_after:
+                pass  # e.g. a knowledge base whose L0 penalty is still ramping up
+            elif score > state["best_score"]:
                 state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
                 state["best_weights"] = {
                     k: v.detach().clone() for k, v in self.model.state_dict().items()
