@@ -7,6 +7,7 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 import yaml
@@ -37,6 +38,24 @@ def parse_pairs(pairs: list[str], flag: str) -> dict:
         except yaml.YAMLError:
             out[key] = value
     return out
+
+
+def load_settings(path: Path | None, sets: list[str]) -> tuple[dict, dict]:
+    """A component's settings and the trainer's: a YAML file (the component's keys at the top
+    level, the trainer's under ``train:``), then ``--set key=value`` (``train.key=value``)."""
+    from fined.data.schema import load_yaml
+
+    own: dict = {}
+    trainer: dict = {}
+    if path is not None:
+        doc = load_yaml(path) or {}
+        if not isinstance(doc, dict):
+            raise FinedError(f"{path}: expected a mapping of settings")
+        trainer = dict(doc.pop("train", None) or {})
+        own = doc
+    for key, value in parse_pairs(sets, "--set").items():
+        (trainer if key.startswith("train.") else own)[key.removeprefix("train.")] = value
+    return own, trainer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,29 +10,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fined.cli.app import app, console, parse_pairs
-from fined.errors import FinedError
+from fined.cli.app import app, console, load_settings
 
 kb_app = typer.Typer(no_args_is_help=True, help="Build and inspect knowledge bases.")
 app.add_typer(kb_app, name="kb")
-
-
-def kb_settings(config: Path | None, sets: list[str]) -> tuple[dict, dict]:
-    """KB settings and trainer settings: a YAML file (KB keys at the top level, trainer keys
-    under ``train:``), then ``--set key=value`` / ``--set train.key=value``."""
-    from fined.data.schema import load_yaml
-
-    kb: dict = {}
-    trainer: dict = {}
-    if config is not None:
-        doc = load_yaml(config) or {}
-        if not isinstance(doc, dict):
-            raise FinedError(f"{config}: expected a mapping of settings")
-        trainer = dict(doc.pop("train", None) or {})
-        kb = doc
-    for key, value in parse_pairs(sets, "--set").items():
-        (trainer if key.startswith("train.") else kb)[key.removeprefix("train.")] = value
-    return kb, trainer
 
 
 @kb_app.command("build")
@@ -61,7 +42,7 @@ def build(
     from fined.train.selection import parse_periods
     from fined.train.trainer import TrainConfig
 
-    kb_over, train_over = kb_settings(config, set_)
+    kb_over, train_over = load_settings(config, set_)
     for flag, key, value in (
         (no_essential, "essential", False),
         (no_disentangled, "disentangled", False),

@@ -5,36 +5,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from fined.cli.app import app, console, parse_pairs
+from fined.cli.app import app, console, load_settings
 from fined.errors import FinedError
 
 RUN_FILE = "run.json"
-
-
-def _load_config(path: Path | None, sets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Model and trainer settings: a YAML file (model keys at the top level, trainer keys
-    under ``train:``), then ``--set key=value`` (``train.key=value`` for the trainer)."""
-    from fined.data.schema import load_yaml
-
-    model: dict[str, Any] = {}
-    trainer: dict[str, Any] = {}
-    if path is not None:
-        doc = load_yaml(path) or {}
-        if not isinstance(doc, dict):
-            raise FinedError(f"{path}: expected a mapping of hyper-parameters")
-        trainer = dict(doc.pop("train", None) or {})
-        model = doc
-    for key, value in parse_pairs(sets, "--set").items():
-        if key.startswith("train."):
-            trainer[key[len("train.") :]] = value
-        else:
-            model[key] = value
-    return model, trainer
 
 
 def _fmt(v: float | None) -> str:
@@ -92,7 +71,7 @@ def train(
     from fined.train.selection import make_split
     from fined.train.trainer import TrainConfig, Trainer
 
-    model_over, train_over = _load_config(config, set_)
+    model_over, train_over = load_settings(config, set_)
     adaptor_over = {
         k.removeprefix("adaptor."): model_over.pop(k)
         for k in list(model_over)

@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save
-
 from fined.data.feature_map import FeatureMap
 from fined.data.schema import parse_model
 from fined.errors import FinedError
-from fined.io import atomic_write_bytes, atomic_write_json, read_json
+from fined.io import atomic_write_json, read_json
 from fined.knowledge.base import KBConfig, KnowledgeBase
+from fined.weights import load_weights, save_weights
 
 WEIGHTS, META = "kb.safetensors", "kb.json"
 
@@ -26,8 +25,7 @@ def save_kb(
 ) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in kb.state_dict().items()}
-    atomic_write_bytes(directory / WEIGHTS, save(state))
+    save_weights(directory / WEIGHTS, kb)
     fmap = kb.feature_map
     atomic_write_json(
         directory / META,
@@ -38,7 +36,7 @@ def save_kb(
             "period_names": [fmap.periods[p].name for p in periods],
             "known_through": kb.known_through,
             "config": kb.config.model_dump(),
-            "parameters": sum(v.numel() for v in state.values()),
+            "parameters": sum(v.numel() for v in kb.state_dict().values()),
             "bytes": (directory / WEIGHTS).stat().st_size,
             "metrics": metrics,
         },
@@ -64,12 +62,6 @@ def load_kb(directory: str | Path, feature_map: FeatureMap) -> tuple[KnowledgeBa
     directory = Path(directory)
     meta = kb_info(directory)
     kb = build_kb(meta, feature_map)
-    path = directory / WEIGHTS
-    if not path.is_file():
-        raise FinedError(f"{path}: missing knowledge-base weights")
-    try:
-        kb.load_state_dict(load_file(str(path)))
-    except (RuntimeError, OSError) as err:
-        raise FinedError(f"{path}: weights do not fit ({err})") from None
+    load_weights(directory / WEIGHTS, kb)
     kb.eval()
     return kb, meta

@@ -13,7 +13,6 @@ from fined.data.feature_map import FeatureMap
 from fined.data.loader import Batch
 from fined.models.base import CTRModel, ModelConfig, register_model
 from fined.models.interaction import SelfAttentionLayer
-from fined.models.layers import MLP
 
 
 class AutoIntConfig(ModelConfig):
@@ -51,18 +50,7 @@ class AutoInt(CTRModel):
             )
         )
         self.out = nn.Linear(self.num_fields * c.attention_dim, 1)
-        self.mlp = (
-            MLP(
-                self.num_fields * c.embedding_dim,
-                c.mlp,
-                out=1,
-                act=c.activation,
-                dropout=c.dropout,
-                batch_norm=c.batch_norm,
-            )
-            if c.use_mlp
-            else None
-        )
+        self.mlp = self.config_mlp(self.num_fields * c.embedding_dim) if c.use_mlp else None
 
     def interact(self, fields: torch.Tensor, batch: Batch) -> torch.Tensor:
         """``[B, F, d] -> [B]``."""

@@ -25,7 +25,7 @@ from fined.data.loader import Batch
 from fined.data.schema import StrictModel, parse_model
 from fined.errors import FinedError
 from fined.models.embedding import FeatureEmbedding
-from fined.models.layers import check_activation
+from fined.models.layers import MLP, check_activation
 
 
 class ModelConfig(StrictModel):
@@ -62,6 +62,14 @@ class CTRModel(nn.Module):
         )
         self.knowledge_tokens = knowledge_tokens
         self.num_fields = self.embedding.num_fields + knowledge_tokens
+
+    def config_mlp(self, in_dim: int, out: int | None = 1) -> MLP:
+        """The model's deep part: ``config.mlp`` hidden layers with its activation, dropout
+        and batch norm, then ``out`` units (None: the last hidden layer)."""
+        c = self.config
+        return MLP(
+            in_dim, c.mlp, out=out, act=c.activation, dropout=c.dropout, batch_norm=c.batch_norm
+        )
 
     def fields(self, batch: Batch, knowledge: torch.Tensor | None) -> torch.Tensor:
         """``[B, F + m, d]``: the embedded fields with the knowledge tokens appended."""

@@ -14,7 +14,6 @@ from fined.data.feature_map import FeatureMap
 from fined.data.loader import Batch
 from fined.models.base import CTRModel, ModelConfig, register_model
 from fined.models.interaction import CrossNetV1, CrossNetV2
-from fined.models.layers import MLP
 
 
 class DCNConfig(ModelConfig):
@@ -34,17 +33,7 @@ class DCN(CTRModel):
         cross = CrossNetV1 if config.version == "v1" else CrossNetV2
         self.cross = cross(width, config.cross_layers)
         # An empty `mlp` leaves the cross network alone (the paper's "cross only" ablation).
-        self.deep = (
-            MLP(
-                width,
-                config.mlp,
-                act=config.activation,
-                dropout=config.dropout,
-                batch_norm=config.batch_norm,
-            )
-            if config.mlp
-            else None
-        )
+        self.deep = self.config_mlp(width, out=None) if config.mlp else None
         self.out = nn.Linear(width + (self.deep.out_dim if self.deep else 0), 1)
 
     def interact(self, fields: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 
 from fined.data.loader import Batch
 from fined.models.base import CTRModel, ModelConfig, register_model
-from fined.models.layers import MLP, FactorizationMachine
+from fined.models.layers import FactorizationMachine
 
 
 @register_model("deepfm")
@@ -18,14 +18,7 @@ class DeepFM(CTRModel):
     def __init__(self, feature_map, config: ModelConfig, knowledge_tokens: int = 0) -> None:
         super().__init__(feature_map, config, knowledge_tokens)
         self.fm = FactorizationMachine()
-        self.mlp = MLP(
-            self.num_fields * config.embedding_dim,
-            config.mlp,
-            out=1,
-            act=config.activation,
-            dropout=config.dropout,
-            batch_norm=config.batch_norm,
-        )
+        self.mlp = self.config_mlp(self.num_fields * config.embedding_dim)
 
     def interact(self, fields: torch.Tensor, batch: Batch) -> torch.Tensor:
         deep = self.mlp(fields.flatten(1)).squeeze(1)

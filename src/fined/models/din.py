@@ -19,7 +19,7 @@ from fined.data.feature_map import FeatureMap
 from fined.data.loader import Batch
 from fined.models.base import CTRModel, ModelConfig, register_model
 from fined.models.interaction import TargetAttention
-from fined.models.layers import MLP, check_activation
+from fined.models.layers import check_activation
 
 
 class DINConfig(ModelConfig):
@@ -81,14 +81,7 @@ class DIN(CTRModel):
             TargetAttention(d, c.attention_mlp, c.attention_activation, c.attention_softmax)
             for _ in pairs
         )
-        self.mlp = MLP(
-            (self.num_fields + len(pairs)) * d,
-            c.mlp,
-            out=1,
-            act=c.activation,
-            dropout=c.dropout,
-            batch_norm=c.batch_norm,
-        )
+        self.mlp = self.config_mlp((self.num_fields + len(pairs)) * d)
 
     def interact(self, fields: torch.Tensor, batch: Batch) -> torch.Tensor:
         """``[B, F, d] -> [B]``; the histories come from ``batch.sequences``."""

@@ -12,7 +12,6 @@ from fined.data.feature_map import FeatureMap
 from fined.data.loader import Batch
 from fined.models.base import CTRModel, ModelConfig, register_model
 from fined.models.interaction import InnerProduct, OuterProduct
-from fined.models.layers import MLP
 
 
 class PNNConfig(ModelConfig):
@@ -30,14 +29,7 @@ class PNN(CTRModel):
         d = config.embedding_dim
         inner = config.product == "inner"
         self.product = InnerProduct(self.num_fields) if inner else OuterProduct(d)
-        self.mlp = MLP(
-            self.num_fields * d + self.product.out_dim,
-            config.mlp,
-            out=1,
-            act=config.activation,
-            dropout=config.dropout,
-            batch_norm=config.batch_norm,
-        )
+        self.mlp = self.config_mlp(self.num_fields * d + self.product.out_dim)
 
     def interact(self, fields: torch.Tensor, batch: Batch) -> torch.Tensor:
         """``[B, F, d] -> [B]``."""

@@ -12,7 +12,6 @@ from fined.data.feature_map import FeatureMap
 from fined.data.loader import Batch
 from fined.models.base import CTRModel, ModelConfig, register_model
 from fined.models.interaction import CIN
-from fined.models.layers import MLP
 
 
 class XDeepFMConfig(ModelConfig):
@@ -39,14 +38,7 @@ class XDeepFM(CTRModel):
         super().__init__(feature_map, config, knowledge_tokens)
         self.cin = CIN(self.num_fields, config.cin_layers, config.cin_split_half)
         self.cin_out = nn.Linear(self.cin.out_dim, 1)
-        self.mlp = MLP(
-            self.num_fields * config.embedding_dim,
-            config.mlp,
-            out=1,
-            act=config.activation,
-            dropout=config.dropout,
-            batch_norm=config.batch_norm,
-        )
+        self.mlp = self.config_mlp(self.num_fields * config.embedding_dim)
 
     def interact(self, fields: torch.Tensor, batch: Batch) -> torch.Tensor:
         """``[B, F, d] -> [B]``."""

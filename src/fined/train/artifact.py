@@ -12,15 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save
-
 from fined.data.feature_map import FeatureMap
 from fined.data.schema import parse_model
 from fined.errors import FinedError
-from fined.io import atomic_write_bytes, atomic_write_json, read_json
+from fined.io import atomic_write_json, read_json
 from fined.knowledge.adaptor import AdaptorConfig, FinedModel
 from fined.knowledge.store import build_kb
 from fined.models.base import CTRModel, build_model
+from fined.weights import load_weights, save_weights
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -60,8 +59,7 @@ def rebuild_model(meta: dict[str, Any], feature_map: FeatureMap) -> CTRModel | F
 
 def save_model(run_dir: str | Path, model: CTRModel | FinedModel, info: dict[str, Any]) -> None:
     run_dir = Path(run_dir)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(run_dir / WEIGHTS, save(state))
+    save_weights(run_dir / WEIGHTS, model)
     atomic_write_json(run_dir / META, {**describe_model(model), **info})
 
 
@@ -81,12 +79,6 @@ def load_model(
             f"but this dataset has {feature_map.fingerprint} (prepare the same data, or retrain)"
         )
     model = rebuild_model(meta, feature_map)
-    path = run_dir / WEIGHTS
-    if not path.is_file():
-        raise FinedError(f"{path}: missing model weights")
-    try:
-        model.load_state_dict(load_file(str(path)))
-    except (RuntimeError, OSError) as err:
-        raise FinedError(f"{path}: weights do not fit the model ({err})") from None
+    load_weights(run_dir / WEIGHTS, model)
     model.eval()
     return model, meta
