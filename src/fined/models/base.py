@@ -26,6 +26,7 @@ from fined.data.schema import StrictModel, parse_model
 from fined.errors import FinedError
 from fined.models.embedding import FeatureEmbedding
 from fined.models.layers import MLP, check_activation
+from fined.registry import Registry
 
 
 class ModelConfig(StrictModel):
@@ -97,41 +98,25 @@ class CTRModel(nn.Module):
         return self.embedding.l2_of_last()
 
 
-_MODELS: dict[str, type[CTRModel]] = {}
-_MODULES = ("deepfm", "dcn", "pnn", "xdeepfm", "autoint", "din")
+MODELS: Registry[type[CTRModel]] = Registry(
+    "model", "fined.models", ("deepfm", "dcn", "pnn", "xdeepfm", "autoint", "din")
+)
 
 
 def register_model(name: str):
     def wrap(cls: type[CTRModel]) -> type[CTRModel]:
-        _MODELS[name] = cls
         cls.model_name = name
-        return cls
+        return MODELS.register(name)(cls)
 
     return wrap
 
 
 def model_names() -> list[str]:
-    _load_all()
-    return sorted(_MODELS)
-
-
-def _load_all() -> None:
-    from importlib import import_module
-
-    for mod in _MODULES:
-        try:
-            import_module(f"fined.models.{mod}")
-        except ModuleNotFoundError as err:
-            if err.name != f"fined.models.{mod}":
-                raise
+    return MODELS.names()
 
 
 def model_class(name: str) -> type[CTRModel]:
-    _load_all()
-    key = name.lower()
-    if key not in _MODELS:
-        raise FinedError(f"unknown model {name!r}; known: {', '.join(sorted(_MODELS))}")
-    return _MODELS[key]
+    return MODELS.get(name)
 
 
 def default_config(name: str) -> dict[str, Any]:
