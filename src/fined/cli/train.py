@@ -69,7 +69,7 @@ def train(
     from fined.io import atomic_write_json, read_json
     from fined.train.artifact import describe_model, save_model
     from fined.train.selection import make_split
-    from fined.train.trainer import TrainConfig, Trainer
+    from fined.train.trainer import TrainConfig, Trainer, seed_everything
 
     model_over, train_over = load_settings(config, set_)
     adaptor_over = {
@@ -82,6 +82,7 @@ def train(
     train_cfg = parse_model(TrainConfig, train_over, "train")
     store = PeriodStore(data)
     split = make_split(store, train_periods, valid, test)
+    seed_everything(train_cfg.seed, train_cfg.deterministic)  # the initial weights too
     net = _build(store, model, model_over, kb, kb_finetune, adaptor_over, max(split.train_periods))
     run = {
         "data": str(data),

@@ -49,7 +49,7 @@ class KBConfig(StrictModel):
     hsic_rows: int = Field(256, ge=8)
     club_lr: float = Field(1e-3, gt=0)
     sparse: bool = True  # the L0 penalty on the gates
-    lambda_l0: float = Field(0.1, ge=0)
+    lambda_l0: float = Field(0.05, ge=0)
     gate_init: float = 2.0  # initial gate logit: patterns start open, L0 then closes them
     l0_warmup_steps: int = Field(150, ge=0)  # the L0 weight ramps up linearly over these steps
     dense_gates: bool = False  # ablation: every field in every pattern, no gates

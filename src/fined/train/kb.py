@@ -15,7 +15,7 @@ from typing import Any
 from fined.data.loader import PeriodStore
 from fined.knowledge.base import KBConfig, KnowledgeBase
 from fined.knowledge.store import save_kb
-from fined.train.trainer import FitResult, TrainConfig, Trainer
+from fined.train.trainer import FitResult, TrainConfig, Trainer, seed_everything
 
 # Trainer settings a knowledge base is built with unless the user says otherwise: smaller
 # batches and a higher rate than the base models (the gates need many steps), and more
@@ -39,6 +39,7 @@ def build_knowledge_base(
 ) -> BuiltKB:
     """Train a KB on ``periods`` (train rows), select its epoch on their held-out rows."""
     last = max(periods)
+    seed_everything(train.seed, train.deterministic)  # the initial weights too
     kb = KnowledgeBase(store.feature_map, config, known_through=last)
     rows = store.load(periods, "train", known_through=last)
     # The gates take their final form only once the L0 weight has finished ramping up: no
