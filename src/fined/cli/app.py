@@ -19,7 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help=__doc__.splitlines()[0],
+    help="CTR prediction on drifting data, with a parametric knowledge base of the past (FINED).",
 )
 # Tables stay readable when the output is piped or logged (rich would default to 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 120)
