@@ -59,7 +59,6 @@ class FeatureEmbedding(nn.Module):
         if missing:
             raise ValueError(f"no sequence feature(s) {sorted(missing)}")
         self.pooled = [f.name for f in seqs if f.name not in raw_sequences]
-        self.raw = list(raw_sequences)
         self.seq_offset = {f.name: offsets[f.vocab] for f in seqs}
         self.num_fields = len(fmap.id_features) + len(fmap.float_features) + len(self.pooled)
         self._last: torch.Tensor | None = None
