@@ -8,19 +8,33 @@ from fined.cli.app import load_settings
 from fined.data.schema import load_prepare_config, parse_model
 from fined.knowledge.base import KBConfig
 from fined.models import model_config
+from fined.protocol.config import load_run_config
 from fined.train.trainer import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_top_level_configs_validate(path: Path) -> None:
-    if path.name == "kb.yaml":
-        kb, train = load_settings(path, [])
-        parse_model(KBConfig, kb, path.name)
-        parse_model(TrainConfig, train, path.name)
-    else:
-        assert load_prepare_config(path).dataset
+def test_kb_config_validates() -> None:
+    kb, train = load_settings(CONFIGS / "kb.yaml", [])
+    parse_model(KBConfig, kb, "kb.yaml")
+    parse_model(TrainConfig, train, "kb.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "data").glob("*.yaml")), ids=lambda p: p.name)
+def test_prepare_configs_validate(path: Path) -> None:
+    assert load_prepare_config(path).dataset
+
+
+RUNS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "kb.yaml")
+
+
+@pytest.mark.parametrize("path", RUNS, ids=lambda p: p.name)
+@pytest.mark.parametrize("quick", [False, True])
+def test_run_configs_validate(path: Path, quick: bool) -> None:
+    config = load_run_config(path, quick=quick)
+    assert config.strategies and config.models
+    if quick:
+        assert config.quick  # every run config says what --quick means
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "models").glob("*.yaml")), ids=lambda p: p.name)

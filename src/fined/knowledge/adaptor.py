@@ -26,13 +26,22 @@ class AdaptorConfig(StrictModel):
     tokens: int = Field(2, ge=1)  # m knowledge tokens (attention heads)
     attention_dim: int = Field(16, ge=1)  # per head
     finetune_lr: float | None = Field(None, gt=0)  # None: the KB stays frozen
+    # Initial bias of the instance-wise gate (None: PyTorch's default init). Negative starts
+    # the tokens nearly closed: a warm-started base model first keeps its own function.
+    gate_bias: float | None = None
 
 
 class KnowledgeAdaptor(nn.Module):
     """``(fields [B, F, d], V [B, K, d_kb]) -> tokens [B, m, d]``."""
 
     def __init__(
-        self, num_fields: int, dim: int, kb_dim: int, tokens: int, attention_dim: int
+        self,
+        num_fields: int,
+        dim: int,
+        kb_dim: int,
+        tokens: int,
+        attention_dim: int,
+        gate_bias: float | None = None,
     ) -> None:
         super().__init__()
         self.m, self.a, self.d = tokens, attention_dim, dim
@@ -40,6 +49,8 @@ class KnowledgeAdaptor(nn.Module):
         self.key = nn.Linear(kb_dim, tokens * attention_dim)
         self.value = nn.Linear(kb_dim, tokens * dim)
         self.gate = nn.Linear(tokens * attention_dim, 1)
+        if gate_bias is not None:
+            nn.init.constant_(self.gate.bias, gate_bias)
 
     def forward(self, fields: torch.Tensor, knowledge: torch.Tensor) -> torch.Tensor:
         b, k = knowledge.shape[:2]
@@ -68,6 +79,7 @@ class FinedModel(nn.Module):
             kb.config.dim,
             config.tokens,
             config.attention_dim,
+            config.gate_bias,
         )
         self.kb.requires_grad_(config.finetune_lr is not None)
 

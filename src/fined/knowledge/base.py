@@ -93,6 +93,12 @@ class KnowledgeBase(nn.Module):
     def _limits(self, vocabs: list[str]) -> torch.Tensor:
         return torch.tensor([self._limit(v) for v in vocabs], dtype=torch.long)
 
+    def set_known_through(self, period: int) -> None:
+        """Treat the ids of periods up to ``period`` as known (a KB that absorbed them)."""
+        self.known_through = period
+        self.id_limits.copy_(self._limits([f.vocab for f in self.feature_map.id_features]))
+        self.seq_limits = {f.name: self._limit(f.vocab) for f in self.feature_map.sequence_features}
+
     def _known(self, batch: Batch) -> Batch:
         ids = torch.where(batch.ids.long() >= self.id_limits, OOV, batch.ids.long())
         seqs = {

@@ -65,3 +65,10 @@ def load_kb(directory: str | Path, feature_map: FeatureMap) -> tuple[KnowledgeBa
     load_weights(directory / WEIGHTS, kb)
     kb.eval()
     return kb, meta
+
+
+def kb_bytes(kb: KnowledgeBase) -> int:
+    """The size of the KB's weights file: what keeping this knowledge costs."""
+    from safetensors.torch import save
+
+    return len(save({k: v.detach().contiguous() for k, v in kb.state_dict().items()}))

@@ -39,7 +39,8 @@ class DCN(CTRModel):
     def interact(self, fields: torch.Tensor, batch: Batch) -> torch.Tensor:
         """``[B, F, d] -> [B]``."""
         x0 = fields.flatten(1)  # [B, F d]
-        parts = [self.cross(x0)]
-        if self.deep is not None:
-            parts.append(self.deep(x0))
+        # Deep part first: appended knowledge fields then only widen the tail of every input,
+        # so a model without them can be copied into one with them (a warm start).
+        parts = [self.deep(x0)] if self.deep is not None else []
+        parts.append(self.cross(x0))
         return self.out(torch.cat(parts, 1) if len(parts) > 1 else parts[0]).squeeze(1)

@@ -31,3 +31,47 @@ def gate_heatmap(ins: Inspection, path: str | Path) -> None:
     ax.set_title("knowledge patterns: share of instances with the field's gate open")
     fig.colorbar(im, ax=ax, fraction=0.03)
     _save(fig, path)
+
+
+def test_auc_lines(frame, path: str | Path) -> None:
+    """One panel per model: mean test AUC (over seeds) per test period, a line per strategy.
+    ``frame``: polars rows of (strategy, model, test_period, auc), strategies in order."""
+    models = list(dict.fromkeys(frame["model"].to_list()))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        part = frame.filter(frame["model"] == model)
+        for strategy in dict.fromkeys(part["strategy"].to_list()):
+            rows = part.filter(part["strategy"] == strategy)
+            ax.plot(
+                rows["test_period"].to_list(), rows["auc"].to_list(), marker="o", label=strategy
+            )
+        ax.set_title(f"{model}: test AUC on the next period")
+        ax.set_xlabel("test period")
+        ax.set_ylabel("AUC (mean over seeds)")
+        ax.tick_params(axis="x", rotation=45)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="best")
+    _save(fig, path)
+
+
+def forgetting_heatmaps(matrices: dict[str, list[list[float]]], labels: list[str], path) -> None:
+    """One panel per strategy: R[t][i] (rows: after period t; columns: held-out slice of P_i)."""
+    n = len(matrices)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False, constrained_layout=True
+    )
+    values = [v for m in matrices.values() for row in m for v in row if v == v]
+    lo, hi = (min(values), max(values)) if values else (0.5, 1.0)
+    for ax, (name, grid) in zip(axes.flat, matrices.items(), strict=False):
+        im = ax.imshow(grid, cmap="magma", vmin=lo, vmax=hi, aspect="auto")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
+        ax.set_yticks(range(len(grid)), labels[len(labels) - len(grid) :], fontsize=7)
+        ax.set_xlabel("held-out slice of period", fontsize=8)
+        ax.set_ylabel("after training on", fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes, fraction=0.02, label="AUC")
+    _save(fig, path)

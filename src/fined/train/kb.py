@@ -36,6 +36,7 @@ def build_knowledge_base(
     config: KBConfig,
     train: TrainConfig,
     out: str | Path | None = None,
+    resume: bool = False,
 ) -> BuiltKB:
     """Train a KB on ``periods`` (train rows), select its epoch on their held-out rows."""
     last = max(periods)
@@ -52,6 +53,7 @@ def build_knowledge_base(
         rows,
         store.load(periods, "holdout", known_through=last),
         run_dir=Path(out) / "checkpoints" if out is not None else None,
+        resume=resume,
     )
     kb.eval()
     if out is not None:

@@ -1,0 +1,122 @@
+"""``fined run CONFIG.yaml``: the continual protocol, every strategy, a report at the end."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fined.cli.app import app, console, parse_pairs
+from fined.errors import FinedError
+
+
+class _Reporter:
+    """Cells done, the current cell and an ETA: a live bar on a terminal, lines otherwise."""
+
+    def __init__(self) -> None:
+        self.live = sys.stderr.isatty()
+        self.bar = None
+        self.started = time.perf_counter()
+        self.first_done: int | None = None
+
+    def __call__(self, done: int, total: int, current: str, result: str) -> None:
+        if self.live:
+            self._bar(done, total, current, result)
+        elif result or not total:
+            said = f": {result}" if result else ""
+            console.print(f"[{done}/{total}] {current}{said}{self._eta(done, total)}")
+
+    def _eta(self, done: int, total: int) -> str:
+        if self.first_done is None:  # cells finished by an earlier process say nothing of speed
+            self.first_done = done
+            self.started = time.perf_counter()
+            return ""
+        rate = (time.perf_counter() - self.started) / max(done - self.first_done, 1)
+        return f" (ETA {rate * (total - done) / 60:.1f} min)" if total else ""
+
+    def _bar(self, done: int, total: int, current: str, result: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                TextColumn("{task.fields[last]}"), console=console,
+            )  # fmt: skip
+            self.bar.start()
+            self.task = self.bar.add_task(current, total=total or None, last="")
+        fields = {"description": current, "total": total or None, "completed": done}
+        if result:
+            fields["last"] = f"last: {result}"
+        self.bar.update(self.task, **fields)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@app.command("run")
+def run(
+    config: Annotated[
+        Path, typer.Argument(help="A run config (YAML), e.g. configs/movielens100k.yaml.")
+    ],
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/NAME).")] = None,
+    quick: Annotated[bool, typer.Option(help="Apply the config's `quick:` overrides.")] = False,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Override a config key: a.b=VALUE.")
+    ] = [],  # noqa: B006
+    restart: Annotated[bool, typer.Option(help="Discard an earlier run in OUT first.")] = False,
+) -> None:
+    """The continual protocol: KB and warm-up on the first periods, then period by period
+    train, select on the held-out slice, test on the next period, for every strategy, model
+    and seed. Killed runs continue where they stopped when started again."""
+    from fined.protocol.config import load_run_config
+    from fined.protocol.report import write_outputs
+    from fined.protocol.runner import Runner
+
+    cfg = load_run_config(config, quick=quick, sets=parse_pairs(set_, "--set"))
+    root = out or Path("runs") / (cfg.name + ("-quick" if quick else ""))
+    if restart and root.exists():
+        if not (root / "config.json").is_file():
+            raise FinedError(f"--restart: {root} is not a run directory; not deleting it")
+        shutil.rmtree(root)
+    reporter = _Reporter()
+    runner = Runner(cfg, root, reporter)
+    try:
+        result = runner.run()
+    finally:
+        reporter.close()
+    periods = [p.name for p in runner.data.feature_map.periods]
+    summary = write_outputs(root, cfg, result, periods, runner.s)
+    runner.kb_figure(root / "figures" / "kb_patterns.png")
+    console.print(_summary_table(cfg.name, summary))
+    console.print(f"wrote {root}/report.md, results.csv, summary.csv, forgetting.csv, figures/")
+
+
+def _summary_table(name: str, summary) -> Table:
+    table = Table(title=f"{name}: mean over test periods, mean ± std over seeds")
+    for col in ("model", "strategy", "test AUC", "RelaImpr", "LogLoss", "BWT", "bytes kept"):
+        table.add_column(col, justify="left" if col in ("model", "strategy") else "right")
+    for r in summary.iter_rows(named=True):
+        table.add_row(
+            r["model"],
+            r["strategy"],
+            f"{r['auc_mean']:.4f} ± {r['auc_std']:.4f}",
+            f"{r['relaimpr']:+.2f} %",
+            f"{r['logloss_mean']:.4f}",
+            f"{r['bwt_mean']:+.4f}",
+            f"{r['bytes_kept'] / 1024:,.0f} KB",
+        )
+    return table

@@ -1,0 +1,1 @@
+"""The continual protocol: period-by-period training, strategies against forgetting, results."""

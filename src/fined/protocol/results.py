@@ -1,0 +1,120 @@
+"""From cell records to tables: results, the forgetting matrix, the summary over seeds.
+
+- ``results``: a row per strategy x model x seed x period (test on the next period).
+- ``forgetting``: R[t][i], the AUC after period t on P_i's held-out slice, i <= t; the row
+  t = s-1 is the shared warm-up model (every strategy starts from it).
+- ``summary``: per strategy and model, mean and standard deviation over seeds of the mean
+  test metrics over periods, RelaImpr against the baseline strategy (from the mean AUCs),
+  BWT and the bytes kept from the past (the most any period kept).
+
+BWT = mean over i < T of (R[T][i] - R[d(i)][i]), T the last period trained, and d(i) the first
+model that had learned P_i: itself for i >= s, the warm-up model (row s-1) for i < s.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import polars as pl
+
+from fined.train.metrics import rela_impr
+
+RESULT_COLUMNS = [
+    "strategy", "kind", "model", "seed", "t", "period", "test_period", "auc", "logloss",
+    "gauc", "valid_auc", "best_epoch", "epochs", "train_rows", "train_seconds", "bytes_kept",
+]  # fmt: skip
+
+
+def results_table(records: list[dict[str, Any]], order: list[str]) -> pl.DataFrame:
+    rows = [{k: r[k] for k in RESULT_COLUMNS} for r in records]
+    frame = pl.DataFrame(rows, schema_overrides={"valid_auc": pl.Float64, "gauc": pl.Float64})
+    rank = {name: i for i, name in enumerate(order)}
+    return (
+        frame.with_columns(pl.col("strategy").replace_strict(rank).alias("_o"))
+        .sort("_o", "model", "seed", "t")
+        .drop("_o")
+    )
+
+
+def forgetting_table(
+    records: list[dict[str, Any]], warmups: dict[tuple[str, int], dict[str, Any]]
+) -> pl.DataFrame:
+    rows = []
+    labels = sorted({(r["strategy"], r["model"], r["seed"]) for r in records})
+    for strategy, model, seed in labels:
+        w = warmups[(model, seed)]
+        for i, auc in w["forgetting"].items():
+            rows.append((strategy, model, seed, w["t"], int(i), auc))
+    for r in records:
+        for i, auc in r["forgetting"].items():
+            rows.append((r["strategy"], r["model"], r["seed"], r["t"], int(i), auc))
+    return pl.DataFrame(
+        rows, schema=["strategy", "model", "seed", "after", "period", "auc"], orient="row"
+    ).sort("strategy", "model", "seed", "after", "period")
+
+
+def backward_transfer(matrix: dict[tuple[int, int], float], s: int) -> float:
+    """BWT of one (strategy, model, seed) from its R[t][i] entries."""
+    last = max(t for t, _ in matrix)
+    gaps = [matrix[(last, i)] - matrix[(max(i, s - 1), i)] for i in range(last)]
+    return sum(gaps) / len(gaps) if gaps else math.nan
+
+
+def bwt_table(forgetting: pl.DataFrame, s: int) -> pl.DataFrame:
+    out = []
+    for (strategy, model, seed), part in forgetting.group_by(
+        ["strategy", "model", "seed"], maintain_order=True
+    ):
+        matrix = {(a, i): v for a, i, v in part.select("after", "period", "auc").iter_rows()}
+        out.append((strategy, model, seed, backward_transfer(matrix, s)))
+    return pl.DataFrame(out, schema=["strategy", "model", "seed", "bwt"], orient="row")
+
+
+def summary_table(
+    results: pl.DataFrame, bwt: pl.DataFrame, baseline: str, order: list[str]
+) -> pl.DataFrame:
+    per_seed = (
+        results.group_by("strategy", "model", "seed")
+        .agg(
+            pl.col("auc").mean(),
+            pl.col("logloss").mean(),
+            pl.col("gauc").mean(),
+            pl.col("bytes_kept").max(),
+            pl.col("train_seconds").sum(),
+        )
+        .join(bwt, on=["strategy", "model", "seed"])
+    )
+    std = [
+        pl.col(m).std(ddof=1).fill_null(0.0).alias(f"{m}_std")
+        for m in ("auc", "logloss", "gauc", "bwt")
+    ]
+    mean = [pl.col(m).mean().alias(f"{m}_mean") for m in ("auc", "logloss", "gauc", "bwt")]
+    summary = per_seed.group_by("strategy", "model").agg(
+        pl.len().alias("seeds"),
+        *mean,
+        *std,
+        pl.col("bytes_kept").mean(),
+        pl.col("train_seconds").mean(),
+    )
+    base = dict(
+        summary.filter(pl.col("strategy") == baseline).select("model", "auc_mean").iter_rows()
+    )
+    relaimpr = [
+        rela_impr(a, base.get(m, math.nan))
+        for m, a in summary.select("model", "auc_mean").iter_rows()
+    ]
+    rank = {name: i for i, name in enumerate(order)}
+    columns = [
+        "strategy", "model", "seeds", "auc_mean", "auc_std", "relaimpr", "logloss_mean",
+        "logloss_std", "gauc_mean", "gauc_std", "bwt_mean", "bwt_std", "bytes_kept",
+        "train_seconds",
+    ]  # fmt: skip
+    return (
+        summary.with_columns(
+            pl.Series("relaimpr", relaimpr, dtype=pl.Float64),
+            pl.col("strategy").replace_strict(rank).alias("_o"),
+        )
+        .sort("model", "_o")
+        .select(columns)
+    )

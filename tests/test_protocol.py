@@ -1,0 +1,260 @@
+"""`fined run` end to end on small synthetic data: outputs and their consistency, the test
+period never driving a choice, and a killed run resuming to the same results."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from fined.cli import main
+from fined.data.loader import PeriodStore
+from fined.data.prepare import prepare
+from fined.data.schema import PrepareConfig
+from fined.models import build_model
+from fined.protocol.data import ProtocolData, batch_bytes
+from fined.protocol.results import backward_transfer
+from fined.protocol.strategies import load_overlapping
+from fined.train.metrics import rela_impr
+
+SMALL = {"embedding_dim": 8, "mlp": [32]}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("drift") / "data"
+    options = {"n_rows": 30_000, "n_periods": 5, "seed": 3}
+    prepare(PrepareConfig(dataset="synthetic", options=options), out)
+    return out
+
+
+def write_config(path: Path, data: Path, strategies: list, **extra) -> Path:
+    doc = {
+        "name": "tiny",
+        "data": {"prepared": str(data)},
+        "kb_periods": 1,
+        "models": ["deepfm"],
+        "model_settings": {"deepfm": SMALL},
+        "seeds": [1],
+        "strategies": strategies,
+        "train": {"batch_size": 512, "lr": 0.003, "epochs": 3, "patience": 1},
+        "kb": {"slots": 4, "dim": 8, "l0_warmup_steps": 10},
+        "kb_train": {"batch_size": 512, "epochs": 2, "patience": 1},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(data_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    config = write_config(root / "run.yaml", data_dir, ["incremental", "fined"])
+    assert main(["run", str(config), "--out", str(root / "out")]) == 0
+    return root / "out"
+
+
+def test_every_output_is_written_and_consistent(finished, data_dir) -> None:
+    for name in ("results.csv", "forgetting.csv", "summary.csv", "report.md", "config.json"):
+        assert (finished / name).is_file(), name
+    for name in ("test_auc.png", "forgetting_deepfm.png", "kb_patterns.png"):
+        assert (finished / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+    results = pl.read_csv(finished / "results.csv")
+    assert results.height == 2 * 3  # 2 strategies x 1 model x 1 seed x 3 periods
+    assert results["t"].to_list() == [1, 2, 3, 1, 2, 3]
+    names = [p.name for p in PeriodStore(data_dir).feature_map.periods]
+    assert results["test_period"].to_list() == names[2:5] * 2
+    assert results["auc"].min() > 0.6  # the planted patterns are learned (measured >= 0.70)
+    kept = dict(results.group_by("strategy").agg(pl.col("bytes_kept").max()).iter_rows())
+    assert kept["incremental"] == 0 and kept["fined"] > 10_000  # the KB's safetensors size
+
+    forgetting = pl.read_csv(finished / "forgetting.csv")
+    summary = pl.read_csv(finished / "summary.csv")
+    for strategy in ("incremental", "fined"):
+        part = forgetting.filter(pl.col("strategy") == strategy)
+        assert part.height == 1 + 2 + 3 + 4  # warm-up row (after 0) then rows after 1, 2, 3
+        matrix = {(a, i): v for a, i, v in part.select("after", "period", "auc").iter_rows()}
+        # BWT by hand: periods 0..2 between when first learned (0: warm-up row) and the end.
+        by_hand = sum(matrix[(3, i)] - matrix[(max(i, 0), i)] for i in range(3)) / 3
+        assert backward_transfer(matrix, s=1) == pytest.approx(by_hand)
+        row = summary.filter(pl.col("strategy") == strategy).row(0, named=True)
+        assert row["bwt_mean"] == pytest.approx(by_hand, abs=1e-6)
+        own = results.filter(pl.col("strategy") == strategy)
+        assert row["auc_mean"] == pytest.approx(own["auc"].mean(), abs=1e-6)
+    aucs = dict(summary.select("strategy", "auc_mean").iter_rows())
+    relaimpr = dict(summary.select("strategy", "relaimpr").iter_rows())
+    assert relaimpr["incremental"] == pytest.approx(0.0)
+    expected = rela_impr(aucs["fined"], aucs["incremental"])
+    assert relaimpr["fined"] == pytest.approx(expected, abs=1e-3)
+    report = (finished / "report.md").read_text()
+    assert "| deepfm | fined |" in report and "figures/forgetting_deepfm.png" in report
+
+
+def _flip_labels(src: Path, dst: Path, period: int) -> None:
+    shutil.copytree(src, dst)
+    fmap = PeriodStore(dst).feature_map
+    path = dst / fmap.periods[period].file
+    table = pq.read_table(path)
+    label = table.column("label")
+    flipped = pc.subtract(pa.scalar(1, label.type), label)
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", flipped), path)
+
+
+def test_test_period_never_drives_a_choice(data_dir, tmp_path) -> None:
+    """Flip every label of P3: the cells trained before it (t = 1, 2) choose the same epochs
+    and end with byte-identical weights; only the score on P3 changes (to exactly 1 - AUC)."""
+    flipped = tmp_path / "flipped"
+    _flip_labels(data_dir, flipped, period=3)
+    runs = {}
+    for name, data in (("plain", data_dir), ("flipped", flipped)):
+        config = write_config(tmp_path / f"{name}.yaml", data, ["incremental", "kd"])
+        assert main(["run", str(config), "--out", str(tmp_path / name)]) == 0
+        runs[name] = tmp_path / name
+    for strategy in ("incremental", "kd"):
+        for t in (1, 2):
+            cells = [r / "cells" / strategy / "deepfm" / "seed1" / f"t{t}" for r in runs.values()]
+            a, b = (yaml.safe_load((c / "record.json").read_text()) for c in cells)
+            assert a["best_epoch"] == b["best_epoch"]
+            assert a["valid_auc"] == b["valid_auc"]
+            assert a["weights_sha256"] == b["weights_sha256"]
+            if t == 2:  # tested on P3
+                assert b["auc"] == pytest.approx(1 - a["auc"], abs=1e-9)
+            else:
+                assert a["auc"] == b["auc"]
+        t3 = [
+            yaml.safe_load(
+                (r / "cells" / strategy / "deepfm" / "seed1" / "t3" / "record.json").read_text()
+            )
+            for r in runs.values()
+        ]
+        assert t3[0]["weights_sha256"] != t3[1]["weights_sha256"]  # P3 is trained on at t = 3
+
+
+def test_killed_run_resumes_to_the_same_results(data_dir, finished, tmp_path) -> None:
+    config = write_config(tmp_path / "run.yaml", data_dir, ["incremental", "fined"])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fined.cli", "run", str(config), "--out", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "cells" / "incremental" / "deepfm" / "seed1" / "t1" / "record.json"
+    deadline = time.time() + 300
+    while not first.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.is_file() and not (out / "results.csv").exists()  # killed midway
+    assert main(["run", str(config), "--out", str(out)]) == 0
+    timing = ["train_seconds"]
+    resumed = pl.read_csv(out / "results.csv").drop(timing)
+    reference = pl.read_csv(finished / "results.csv").drop(timing)
+    assert resumed.equals(reference)
+
+
+def test_reservoir_is_a_stream_sample_within_its_budget(data_dir) -> None:
+    data = ProtocolData(PeriodStore(data_dir))
+    one = data.reservoir([0], 2, rows=500, seed=1)
+    two = data.reservoir([0, 1], 2, rows=500, seed=1)
+    assert len(one) == len(two) == 500
+    assert batch_bytes(two) == 500 * batch_bytes(data.train([0], 2)) // len(data.train([0], 2))
+
+    def keys(b):
+        return {tuple(r) for r in torch.cat([b.ids.long(), b.time[:, None]], 1).tolist()}
+
+    p0 = keys(data.train([0], 2))
+    # A reservoir after P1 holds, of P0's rows, only rows it already held after P0.
+    assert keys(two) & p0 <= keys(one)
+    assert 0 < len(keys(two) & p0) < 500  # and it took rows from both periods
+
+
+@pytest.mark.parametrize("name", ["deepfm", "dcn"])
+def test_warm_start_with_knowledge_tokens_preserves_the_function(data_dir, name) -> None:
+    """Copied into a model with 2 more (knowledge) fields, the warm-up model computes the same
+    function while the knowledge tokens are zero: the new inputs start with no effect."""
+    fmap = PeriodStore(data_dir).feature_map
+    batch = PeriodStore(data_dir).load([0]).slice(0, 256)
+    torch.manual_seed(0)
+    old = build_model(name, fmap, SMALL).eval()
+    new = build_model(name, fmap, SMALL, knowledge_tokens=2).eval()
+    assert load_overlapping(new, old.state_dict()) == len(old.state_dict())
+    zeros = torch.zeros(len(batch), 2, SMALL["embedding_dim"])
+    with torch.no_grad():
+        fields = new.embedding(batch)
+        got = new.interact(torch.cat([fields, zeros], 1), batch)
+        assert torch.allclose(got, old(batch), atol=1e-5)
+    # Non-zero tokens give the zero-started weights a gradient: they can learn to use them.
+    tokens = torch.full_like(zeros, 0.5)
+    new.interact(torch.cat([new.embedding(batch), tokens], 1), batch).sum().backward()
+    before = old.state_dict()
+    widened = [
+        (p.grad, before[n].shape)
+        for n, p in new.named_parameters()
+        if n in before and before[n].shape != p.shape
+    ]
+    assert widened
+    new_part = []
+    for grad, shape in widened:
+        mask = torch.ones_like(grad, dtype=torch.bool)
+        mask[tuple(slice(0, k) for k in shape)] = False
+        new_part.append(grad[mask].abs().sum())
+    assert sum(new_part) > 0
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"models": ["nope"]}, "unknown model"),
+        ({"strategies": ["incremental", "incremental"]}, "unique"),
+        ({"strategies": ["fined"]}, "baseline 'incremental'"),
+        ({"strategies": ["incremental", "magic"]}, "strategies.1.kind"),
+        ({"kb_periods": 4}, "kb_periods=4"),
+        ({"kb": {"slots": 0}}, "kb"),
+    ],
+)
+def test_bad_run_configs_fail_clearly(data_dir, tmp_path, capsys, edit, message) -> None:
+    base = {"strategies": ["incremental", "fined"]}
+    config = write_config(tmp_path / "bad.yaml", data_dir, **{**base, **edit})
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err and "Traceback" not in err
+
+
+def test_streaming_kb_absorbs_each_period_at_a_fixed_size(data_dir, tmp_path) -> None:
+    strategies = ["incremental", "fined_streaming", "fined_rebuild", "replay", "full"]
+    config = write_config(tmp_path / "run.yaml", data_dir, strategies)
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 0
+    results = pl.read_csv(tmp_path / "out" / "results.csv")
+
+    def kept(strategy: str) -> list[int]:
+        return results.filter(pl.col("strategy") == strategy)["bytes_kept"].to_list()
+
+    streaming, rebuild, full = kept("fined_streaming"), kept("fined_rebuild"), kept("full")
+    assert len(set(streaming)) == 1  # the streaming KB never grows
+    assert rebuild == sorted(rebuild) and rebuild[0] < rebuild[-1]  # keeps the raw past
+    assert all(r > s for r, s in zip(rebuild, streaming, strict=True))
+    assert full == sorted(full) and full[-1] > full[0]
+    assert max(kept("replay")) <= streaming[0]  # the replay budget is the KB's size
+    # The KB inside the last streaming model has moved away from the one built on P0.
+    from safetensors.torch import load_file
+
+    cell = tmp_path / "out" / "cells" / "fined_streaming" / "deepfm" / "seed1" / "t3"
+    absorbed = load_file(str(cell / "model.safetensors"))
+    built = load_file(str(next((tmp_path / "out" / "kb").glob("*-seed1")) / "kb.safetensors"))
+    moved = [
+        k
+        for k, v in built.items()
+        if v.is_floating_point() and not torch.equal(v, absorbed["kb." + k])
+    ]
+    assert moved
+    assert int(absorbed["kb.id_limits"].max()) > int(built["id_limits"].max())  # knows new ids
