@@ -26,6 +26,7 @@ from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
 from fined.errors import FinedError
 from fined.models import build_model
+from fined.protocol.strategies import load_overlapping
 from fined.train.artifact import load_model, save_model
 from fined.train.metrics import auc
 from fined.train.trainer import TrainConfig, Trainer
@@ -280,3 +281,42 @@ def test_din_infers_behaviour_pairs(movielens) -> None:
     ids = [f.name for f in movielens[0].id_features]
     assert model.targets.tolist() == [ids.index("item_id"), ids.index("genre")]
     assert "genres" in model.embedding.pooled
+
+
+SMALL_WARM = {"embedding_dim": 8, "mlp": [32]}
+
+
+@pytest.mark.parametrize("name", ["deepfm", "dcn", "din"])
+def test_warm_start_with_knowledge_tokens_preserves_the_function(
+    name, movielens, synthetic
+) -> None:
+    """Copied into a model with 2 more (knowledge) fields, the warm-up model computes the same
+    function while the knowledge tokens are zero: the new inputs start with no effect. (PNN,
+    xDeepFM and AutoInt mix the new fields into every product or attention score: they get a
+    partial warm start only.)"""
+    fmap, batch = shapes_data(name, movielens, synthetic)
+    torch.manual_seed(0)
+    old = build_model(name, fmap, SMALL_WARM).eval()
+    new = build_model(name, fmap, SMALL_WARM, knowledge_tokens=2).eval()
+    assert load_overlapping(new, old.state_dict()) == len(old.state_dict())
+    zeros = torch.zeros(len(batch), 2, SMALL_WARM["embedding_dim"])
+    with torch.no_grad():
+        fields = new.embedding(batch)
+        got = new.interact(torch.cat([fields, zeros], 1), batch)
+        assert torch.allclose(got, old(batch), atol=1e-5)
+    # Non-zero tokens give the zero-started weights a gradient: they can learn to use them.
+    tokens = torch.full_like(zeros, 0.5)
+    new.interact(torch.cat([new.embedding(batch), tokens], 1), batch).sum().backward()
+    before = old.state_dict()
+    widened = [
+        (p.grad, before[n].shape)
+        for n, p in new.named_parameters()
+        if n in before and before[n].shape != p.shape
+    ]
+    assert widened
+    new_part = []
+    for grad, shape in widened:
+        mask = torch.ones_like(grad, dtype=torch.bool)
+        mask[tuple(slice(0, k) for k in shape)] = False
+        new_part.append(grad[mask].abs().sum())
+    assert sum(new_part) > 0

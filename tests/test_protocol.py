@@ -23,10 +23,8 @@ from fined.cli import main
 from fined.data.loader import PeriodStore
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
-from fined.models import build_model
 from fined.protocol.data import ProtocolData, batch_bytes
 from fined.protocol.results import backward_transfer
-from fined.protocol.strategies import load_overlapping
 from fined.train.metrics import rela_impr
 
 SMALL = {"embedding_dim": 8, "mlp": [32]}
@@ -176,39 +174,6 @@ def test_reservoir_is_a_stream_sample_within_its_budget(data_dir) -> None:
     # A reservoir after P1 holds, of P0's rows, only rows it already held after P0.
     assert keys(two) & p0 <= keys(one)
     assert 0 < len(keys(two) & p0) < 500  # and it took rows from both periods
-
-
-@pytest.mark.parametrize("name", ["deepfm", "dcn"])
-def test_warm_start_with_knowledge_tokens_preserves_the_function(data_dir, name) -> None:
-    """Copied into a model with 2 more (knowledge) fields, the warm-up model computes the same
-    function while the knowledge tokens are zero: the new inputs start with no effect."""
-    fmap = PeriodStore(data_dir).feature_map
-    batch = PeriodStore(data_dir).load([0]).slice(0, 256)
-    torch.manual_seed(0)
-    old = build_model(name, fmap, SMALL).eval()
-    new = build_model(name, fmap, SMALL, knowledge_tokens=2).eval()
-    assert load_overlapping(new, old.state_dict()) == len(old.state_dict())
-    zeros = torch.zeros(len(batch), 2, SMALL["embedding_dim"])
-    with torch.no_grad():
-        fields = new.embedding(batch)
-        got = new.interact(torch.cat([fields, zeros], 1), batch)
-        assert torch.allclose(got, old(batch), atol=1e-5)
-    # Non-zero tokens give the zero-started weights a gradient: they can learn to use them.
-    tokens = torch.full_like(zeros, 0.5)
-    new.interact(torch.cat([new.embedding(batch), tokens], 1), batch).sum().backward()
-    before = old.state_dict()
-    widened = [
-        (p.grad, before[n].shape)
-        for n, p in new.named_parameters()
-        if n in before and before[n].shape != p.shape
-    ]
-    assert widened
-    new_part = []
-    for grad, shape in widened:
-        mask = torch.ones_like(grad, dtype=torch.bool)
-        mask[tuple(slice(0, k) for k in shape)] = False
-        new_part.append(grad[mask].abs().sum())
-    assert sum(new_part) > 0
 
 
 @pytest.mark.parametrize(

@@ -66,3 +66,57 @@ def test_preparing_more_periods_leaves_earlier_indices_unchanged(tmp_path) -> No
         assert vb["ids"][: len(va["ids"])] == va["ids"], name
         assert vb["size_by_period"][:2] == va["size_by_period"], name
         assert len(vb["ids"]) > len(va["ids"]) or name not in ("f00", "f01")
+
+
+def test_capped_vocabulary_hashes_the_tail_into_fixed_buckets() -> None:
+    counts = pl.DataFrame(
+        {"value": [1, 2, 3, 4, 5], "period": [0, 0, 0, 1, 1], "count": [9, 5, 1, 7, 3]}
+    )
+    vocab = grow_vocabulary(counts, n_periods=2, min_count=2, max_vocab=3, buckets=4)
+    # The first three ids to enter (period 0 by count, then period 1) keep rows of their own,
+    # after PAD, OOV and the 4 bucket rows; the buckets exist from the first period on.
+    assert vocab.ids == [1, 2, 4] and vocab.first == 6
+    assert vocab.size_by_period == [8, 9]
+    out = vocab.lookup(pa.array([1, 2, 4, 3, 5, 12345, None])).tolist()
+    assert out[:3] == [6, 7, 8]
+    hashed = out[3:6]  # the rare id 3, the id beyond the cap 5, an unseen id: buckets
+    assert all(2 <= i < 6 for i in hashed) and out[6] == OOV
+    assert vocab.lookup(pa.array([5, 3, 12345])).tolist() == hashed  # deterministic
+    again = Vocabulary.from_json(vocab.to_json())
+    assert again.lookup(pa.array([1, 5, None])).tolist() == [6, hashed[1], OOV]
+    strs = Vocabulary(["a"], [3], buckets=8)
+    codes = strs.lookup(pa.array(["a", "b", "c", "b"])).tolist()
+    assert codes[0] == 10 and codes[1] == codes[3] and all(2 <= c < 10 for c in codes[1:])
+
+
+def test_hash_buckets_spread_ids_evenly() -> None:
+    from fined.data.vocab import hash_buckets
+
+    ids = pa.array(range(100_000))
+    share = pl.Series(hash_buckets(ids, 64)).value_counts()["count"]
+    assert share.min() > 0.8 * 100_000 / 64 and share.max() < 1.2 * 100_000 / 64
+    words = pa.array([f"user{i}" for i in range(50_000)])
+    share = pl.Series(hash_buckets(words, 32)).value_counts()["count"]
+    assert share.min() > 0.8 * 50_000 / 32 and share.max() < 1.2 * 50_000 / 32
+
+
+def test_prepare_with_max_vocab_caps_the_table_and_keeps_ids_stable(tmp_path) -> None:
+    from fined.data.loader import PeriodStore
+    from fined.data.schema import FeatureSpec
+
+    base = PrepareConfig(dataset="synthetic", options={"n_rows": 20_000, "n_periods": 3})
+    prepare(base, tmp_path / "plain")
+    fmap = PeriodStore(tmp_path / "plain").feature_map
+    big = max(fmap.id_features, key=lambda f: f.vocab_size).name  # the largest vocabulary
+    features = [
+        FeatureSpec(name=f.name, kind="categorical", source=f.source,
+                    **({"max_vocab": 50, "hash_buckets": 16} if f.name == big else {}))
+        for f in fmap.features if f.kind == "categorical"
+    ]  # fmt: skip
+    prepare(base.model_copy(update={"features": features}), tmp_path / "capped")
+    capped = PeriodStore(tmp_path / "capped")
+    user = capped.feature_map.feature(big)
+    assert user.vocab_size == 2 + 16 + 50 < fmap.feature(big).vocab_size
+    ids = capped.load([0, 1, 2]).ids[:, capped.feature_map.id_features.index(user)]
+    assert int(ids.max()) < user.vocab_size and int(ids.min()) >= 2
+    assert (ids < 18).float().mean() > 0.1  # much of the traffic lands in the buckets

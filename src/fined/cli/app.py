@@ -58,8 +58,71 @@ def load_settings(path: Path | None, sets: list[str]) -> tuple[dict, dict]:
     return own, trainer
 
 
+_ARGV: list[str] = []  # this invocation's arguments, for relaunching it under torchrun
+
+
+def launch_workers(nproc: int, out: Path) -> bool:
+    """``--nproc N``: run this very command in N processes under torchrun (one machine) and
+    return True when they are done; False when there is nothing to launch (N = 1, or we are
+    already one of torchrun's workers). Worker logs go to ``OUT/workers.log``; a failed worker
+    ends in one error line that says how to resume."""
+    import re
+    import subprocess
+
+    from fined.train.distributed import launched
+
+    if nproc < 1:
+        raise FinedError(f"--nproc {nproc}: expected at least 1")
+    if nproc == 1 or launched():
+        return False
+    args, skip = [], False
+    for a in _ARGV:  # drop --nproc N / --nproc=N
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", "fined.cli", *args]  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "workers.log"
+    with log.open("wb") as sink:
+        code = subprocess.run(cmd, stderr=sink, check=False).returncode
+    if code == 0:
+        return True
+    text = log.read_text(errors="replace")
+    said = re.findall(r"^error: (.+)$", text, re.M)  # a worker's own one-line user error
+    if said:
+        raise FinedError(said[-1].strip())
+    cause = re.search(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", text, re.S)
+    who, how = "a worker", ""
+    if cause:
+        code = int(cause.group(2))
+        who = f"worker rank {cause.group(1)}"
+        how = f" (killed by signal {-code})" if code < 0 else f" (exit code {code})"
+    raise FinedError(
+        f"{who} of {nproc} failed{how}; the others were stopped. Details in {log}. "
+        f"Checkpoints up to the last finished epoch are in {out}: rerun with --resume"
+    )
+
+
+def record_rank(out: Path, ctx, store=None) -> None:
+    """``OUT/ranks/rank{r}.json``: this worker's pid and the rows it read (one file per rank,
+    for tools and tests that check the shares are disjoint, or need to stop one rank)."""
+    import os
+
+    from fined.io import atomic_write_json
+
+    if ctx.active:
+        reads = store.reads if store is not None else []
+        info = {"rank": ctx.rank, "world": ctx.world, "pid": os.getpid(), "reads": reads}
+        atomic_write_json(out / "ranks" / f"rank{ctx.rank}.json", info)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         app(args=argv, prog_name="fined")  # standalone mode: exits through SystemExit
     except FinedError as err:

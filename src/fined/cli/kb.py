@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fined.cli.app import app, console, load_settings
+from fined.cli.app import app, console, launch_workers, load_settings, record_rank
 
 kb_app = typer.Typer(no_args_is_help=True, help="Build and inspect knowledge bases.")
 app.add_typer(kb_app, name="kb")
@@ -33,15 +33,23 @@ def build(
     dense_gates: Annotated[
         bool, typer.Option(help="Ablation: every field in every pattern.")
     ] = False,
+    nproc: Annotated[
+        int, typer.Option(help="Train in N processes (DDP, launched with torchrun).")
+    ] = 1,
 ) -> None:
     """Stage 1: memorize past periods into a frozen parametric knowledge base."""
     from fined.data.loader import PeriodStore
     from fined.data.schema import parse_model
     from fined.knowledge.base import KBConfig
+    from fined.train import distributed
     from fined.train.kb import KB_TRAIN_DEFAULTS, build_knowledge_base
     from fined.train.selection import parse_periods
     from fined.train.trainer import TrainConfig
 
+    if launch_workers(nproc, out):
+        console.print(f"{nproc} workers done: {out}")
+        return
+    ctx = distributed.setup()
     kb_over, train_over = load_settings(config, set_)
     for flag, key, value in (
         (no_essential, "essential", False),
@@ -53,9 +61,13 @@ def build(
             kb_over[key] = value
     kb_cfg = parse_model(KBConfig, kb_over, "kb")
     train_cfg = parse_model(TrainConfig, {**KB_TRAIN_DEFAULTS, **train_over}, "train")
-    store = PeriodStore(data)
+    store = PeriodStore(data, shard=ctx.shard)  # with several ranks, each reads its share
     chosen = parse_periods(periods, store.feature_map)
     built = build_knowledge_base(store, chosen, kb_cfg, train_cfg, out)
+    record_rank(out, ctx, store)
+    distributed.teardown()
+    if not ctx.main:
+        return
     meta = json.loads((out / "kb.json").read_text())
     console.print(
         f"knowledge base of {kb_cfg.slots} slots x {kb_cfg.dim} built from periods "

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fined.cli.app import app, console, load_settings
+from fined.cli.app import app, console, launch_workers, load_settings, record_rank
 from fined.errors import FinedError
 
 RUN_FILE = "run.json"
@@ -59,6 +59,9 @@ def train(
     kb_finetune: Annotated[
         float | None, typer.Option(help="Fine-tune the KB at this rate.")
     ] = None,
+    nproc: Annotated[
+        int, typer.Option(help="Train in N processes (DDP, launched with torchrun).")
+    ] = 1,
 ) -> None:
     """Train one model; the epoch is selected on the validation set, never on the test set.
 
@@ -66,11 +69,18 @@ def train(
     (``adaptor.*`` keys of ``--set`` tune the adaptor)."""
     from fined.data.loader import PeriodStore
     from fined.data.schema import parse_model
-    from fined.io import atomic_write_json, read_json
+    from fined.io import atomic_write_json
+    from fined.train import distributed
     from fined.train.artifact import describe_model, save_model
     from fined.train.selection import make_split
     from fined.train.trainer import TrainConfig, Trainer, seed_everything
 
+    if launch_workers(nproc, out):
+        console.print(f"{nproc} workers done: {out}")
+        return
+    ctx = distributed.setup()
+    if ctx.active and valid.startswith("tail"):
+        raise FinedError("--valid tail needs every row in one process; use holdout or periods")
     model_over, train_over = load_settings(config, set_)
     adaptor_over = {
         k.removeprefix("adaptor."): model_over.pop(k)
@@ -80,7 +90,7 @@ def train(
     if seed is not None:
         train_over["seed"] = seed
     train_cfg = parse_model(TrainConfig, train_over, "train")
-    store = PeriodStore(data)
+    store = PeriodStore(data, shard=ctx.shard)  # with several ranks, each reads its share
     split = make_split(store, train_periods, valid, test)
     seed_everything(train_cfg.seed, train_cfg.deterministic)  # the initial weights too
     net = _build(store, model, model_over, kb, kb_finetune, adaptor_over, max(split.train_periods))
@@ -94,20 +104,17 @@ def train(
         "test_periods": split.test_periods,
     }
     out.mkdir(parents=True, exist_ok=True)
-    if resume and (out / RUN_FILE).is_file():
-        before = read_json(out / RUN_FILE, "run description")
-        changed = [k for k in run if k != "data" and before.get(k) != run[k]]
-        if changed:
-            raise FinedError(f"--resume: {out} was started with different {', '.join(changed)}")
-    elif (out / RUN_FILE).is_file():
-        raise FinedError(
-            f"{out} already holds a run (use --resume to continue it, or another --out)"
-        )
-    atomic_write_json(out / RUN_FILE, run)
+    record_rank(out, ctx, store)
+    if ctx.main:  # rank 0 checks and writes the run description
+        _claim_run_dir(out, run, resume)
 
     trainer = Trainer(net, train_cfg)
     n_train, n_valid = len(split.train), len(split.valid)
-    console.print(f"training {net.model_name} on {n_train:,} rows, validating on {n_valid:,}")
+    if ctx.main:
+        share = f" (rank 0 of {ctx.world}: its share)" if ctx.active else ""
+        console.print(
+            f"training {net.model_name} on {n_train:,} rows, validating on {n_valid:,}{share}"
+        )
     fit = trainer.fit(split.train, split.valid, run_dir=out, resume=resume)
     results: dict[str, dict[str, float]] = {"valid": fit.best}
     if split.test is not None:
@@ -119,9 +126,28 @@ def train(
         "metrics": results,
         "train_samples_per_second": fit.train_samples_per_second,
     }
-    save_model(out, net, info)
-    atomic_write_json(out / "results.json", info)
-    console.print(_metrics_table(f"{net.model_name}: best epoch {fit.best_epoch}", results))
+    record_rank(out, ctx, store)
+    if ctx.main:
+        save_model(out, net, info)
+        atomic_write_json(out / "results.json", info)
+        console.print(_metrics_table(f"{net.model_name}: best epoch {fit.best_epoch}", results))
+    distributed.teardown()
+
+
+def _claim_run_dir(out: Path, run: dict, resume: bool) -> None:
+    """A new run needs an empty OUT; ``--resume`` needs the same run description."""
+    from fined.io import atomic_write_json, read_json
+
+    if resume and (out / RUN_FILE).is_file():
+        before = read_json(out / RUN_FILE, "run description")
+        changed = [k for k in run if k != "data" and before.get(k) != run[k]]
+        if changed:
+            raise FinedError(f"--resume: {out} was started with different {', '.join(changed)}")
+    elif (out / RUN_FILE).is_file():
+        raise FinedError(
+            f"{out} already holds a run (use --resume to continue it, or another --out)"
+        )
+    atomic_write_json(out / RUN_FILE, run)
 
 
 def _build(

@@ -83,11 +83,20 @@ class Batch:
 
 
 class PeriodStore:
-    """A prepared dataset directory: its feature map and its encoded periods."""
+    """A prepared dataset directory: its feature map and its encoded periods.
 
-    def __init__(self, directory: str | Path) -> None:
+    ``shard=(rank, world)``: every read returns only this rank's share of the rows asked for
+    (a contiguous 1/world of each period's train or held-out rows, disjoint across ranks), and
+    only the Parquet row groups that hold them are read. ``reads`` logs what was read.
+    """
+
+    def __init__(self, directory: str | Path, shard: tuple[int, int] | None = None) -> None:
         self.directory = Path(directory)
         self.feature_map = FeatureMap.load(self.directory)
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise FinedError(f"bad shard {shard}: expected (rank, world) with 0 <= rank < world")
+        self.shard = shard
+        self.reads: list[dict] = []
 
     def load(
         self,
@@ -115,10 +124,13 @@ class PeriodStore:
         path = self.directory / fmap.periods[i].file
         if not path.is_file():
             raise FinedError(f"{path}: missing period file (re-run `fined data prepare`)")
-        table = pq.read_table(path)
-        if part != "all":
-            mask = table.column("holdout")
-            table = table.filter(mask if part == "holdout" else pc.invert(mask))
+        if self.shard is None:
+            table = pq.read_table(path)
+            if part != "all":
+                mask = table.column("holdout")
+                table = table.filter(mask if part == "holdout" else pc.invert(mask))
+        else:
+            table = self._read_share(i, path, part)
         n = table.num_rows
         id_cols = [_numpy(table, f.name) for f in fmap.id_features]
         float_cols = [_numpy(table, f.name) for f in fmap.float_features]
@@ -139,6 +151,29 @@ class PeriodStore:
             time=torch.from_numpy(_numpy(table, "time").astype(np.int64)),
             group=group,
         )
+
+    def _read_share(self, i: int, path: Path, part: Part) -> pa.Table:
+        """This rank's contiguous share of the period's ``part`` rows, from the row groups
+        that hold it (the one-byte ``holdout`` column is read whole to find them)."""
+        rank, world = self.shard
+        file = pq.ParquetFile(path)
+        if part == "all":
+            rows = np.arange(file.metadata.num_rows)
+        else:
+            held = file.read(columns=["holdout"]).column("holdout").to_numpy(zero_copy_only=False)
+            rows = np.flatnonzero(held if part == "holdout" else ~held)
+        mine = np.array_split(rows, world)[rank]
+        self.reads.append(
+            {"period": i, "part": part, "rows": len(mine),
+             "first": int(mine[0]) if len(mine) else -1, "last": int(mine[-1]) if len(mine) else -1}
+        )  # fmt: skip
+        if len(mine) == 0:
+            return file.schema_arrow.empty_table()
+        sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        groups = [g for g in range(len(sizes)) if starts[g] <= mine[-1] and starts[g + 1] > mine[0]]
+        table = file.read_row_groups(groups)
+        return table.take(pa.array(mine - starts[groups[0]]))
 
     def _forget_later_ids(self, batch: Batch, period: int) -> Batch:
         fmap = self.feature_map

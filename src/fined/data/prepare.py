@@ -156,7 +156,7 @@ def _scan(
 def _grow_vocabularies(
     features: list[FeatureSpec], scan: _Scan, ordinal: dict[int, int]
 ) -> dict[str, Vocabulary]:
-    min_count = {f.name: f.min_count for f in features}
+    spec = {f.name: f for f in features}
     vocabs = {}
     for owner in [f.name for f in features if f.kind != "numeric" and f.vocab is None]:
         counts = merge_counts(scan.counts.get(owner, []))
@@ -165,7 +165,9 @@ def _grow_vocabularies(
                 list(ordinal), list(ordinal.values()), return_dtype=pl.Int64
             )
         )
-        vocabs[owner] = grow_vocabulary(counts, len(ordinal), min_count[owner])
+        f = spec[owner]
+        buckets = f.hash_buckets if f.max_vocab is not None else 0
+        vocabs[owner] = grow_vocabulary(counts, len(ordinal), f.min_count, f.max_vocab, buckets)
     return vocabs
 
 
@@ -202,6 +204,7 @@ class _PeriodWriter:
 
     path: Path
     cut: HoldoutCut
+    row_group_rows: int
     writer: pq.ParquetWriter | None = None
     buffered: list[pa.Table] = field(default_factory=list)
     buffered_rows: int = 0
@@ -234,7 +237,7 @@ class _PeriodWriter:
         table = pa.concat_tables(self.buffered)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, table.schema)
-        self.writer.write_table(table)
+        self.writer.write_table(table, row_group_size=self.row_group_rows)
         self.buffered, self.buffered_rows = [], 0
 
     def close(self) -> None:
@@ -257,7 +260,8 @@ def _write_periods(
 ) -> list[PeriodInfo]:
     (out / "periods").mkdir()
     writers = {
-        k: _PeriodWriter(out / "periods" / f"{i:03d}.parquet", cuts[k]) for k, i in ordinal.items()
+        k: _PeriodWriter(out / "periods" / f"{i:03d}.parquet", cuts[k], config.row_group_rows)
+        for k, i in ordinal.items()
     }
     tracked = [f for f in source.features if f.kind == "categorical"]
     row0 = 0

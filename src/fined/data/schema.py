@@ -52,6 +52,10 @@ class FeatureSpec(StrictModel):
     source: Source = "context"
     column: str | None = None  # raw column name where it differs from `name` (table sources)
     min_count: int = Field(1, ge=1)
+    # At most this many ids get a row of their own (the first to enter); every other id is
+    # hashed into `hash_buckets` shared rows (see fined.data.vocab). None: no cap.
+    max_vocab: int | None = Field(None, ge=1)
+    hash_buckets: int = Field(1024, ge=1)
     vocab: str | None = None  # share the vocabulary (and embedding) of another feature
     max_len: int = Field(20, ge=1)
     delimiter: str = "^"  # list separator when a sequence arrives as text
@@ -109,6 +113,8 @@ class PrepareConfig(StrictModel):
     fit_periods: int = Field(1, ge=1)  # numeric quantiles/scales are fitted on these periods
     user_key: str | None = None  # the feature that identifies a user (for gAUC)
     chunk_rows: int = Field(262_144, ge=1)
+    # Rows per Parquet row group: the unit a rank of a multi-process job reads its share by.
+    row_group_rows: int = Field(131_072, ge=1)
 
 
 def check_features(features: list[FeatureSpec]) -> None:

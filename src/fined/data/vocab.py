@@ -1,5 +1,14 @@
 """Append-only vocabularies: index 0 = padding, 1 = out-of-vocabulary, ids from 2 on.
 
+A vocabulary capped at ``max_vocab`` ids (for features too large to embed id by id) keeps
+the first ``max_vocab`` ids to enter, and hashes every other non-null id into one of
+``buckets`` shared rows placed right after OOV (indices 2 .. 2 + buckets - 1, ids after them).
+Collisions are by design: all ids of a bucket share one embedding, which learns their
+average effect; a hashed id never gets a row of its own later (that would break the
+append-only property), and the bucket rows exist from the first period on, so a model of
+any period can use them. The hash of an integer id is a fixed multiplicative hash, of a
+string id polars' (stable for a given polars version: prepare a dataset with one version).
+
 Continual training depends on one property: an id keeps its index forever. New ids are only
 ever appended, and ids are appended period by period in time order, so the vocabulary as it
 stood after period t is a prefix of the final one (``size_by_period[t]``). A model trained up to
@@ -27,31 +36,45 @@ _DENSE_LOOKUP_MAX = 1 << 24
 class Vocabulary:
     """Raw id -> index map for one feature (or a group of features sharing it)."""
 
-    def __init__(self, ids: Sequence[Any] = (), size_by_period: Sequence[int] = ()) -> None:
+    def __init__(
+        self, ids: Sequence[Any] = (), size_by_period: Sequence[int] = (), buckets: int = 0
+    ) -> None:
         self.ids: list[Any] = list(ids)
         self.size_by_period: list[int] = list(size_by_period)
-        self._index = {v: i + 2 for i, v in enumerate(self.ids)}
+        self.buckets = buckets
+        self.first = 2 + buckets  # index of the first id with a row of its own
+        self._index = {v: i + self.first for i, v in enumerate(self.ids)}
         self._lookup_cache: tuple[int, Any] | None = None
 
     def __len__(self) -> int:
-        """Number of rows an embedding table needs (ids + padding + OOV)."""
-        return len(self.ids) + 2
+        """Number of rows an embedding table needs (padding, OOV, buckets, ids)."""
+        return len(self.ids) + self.first
 
     def index(self, value: Any) -> int:
-        return self._index.get(value, OOV)
+        return int(self.lookup(pa.array([value]))[0])
 
     def extend(self, new_ids: Sequence[Any]) -> None:
         """Append the ids not yet known (in the given order) and close a period."""
         for v in new_ids:
             if v not in self._index:
-                self._index[v] = len(self.ids) + 2
+                self._index[v] = len(self.ids) + self.first
                 self.ids.append(v)
         self.size_by_period.append(len(self))
 
     def lookup(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """Map raw ids to indices (int32); unknown and null ids -> OOV."""
+        """Map raw ids to indices (int32); null ids -> OOV, unknown ids -> their hash bucket
+        (OOV without buckets)."""
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
+        out = self._lookup_known(values)
+        if self.buckets:
+            unknown = (out == OOV) & ~values.is_null().to_numpy(zero_copy_only=False)
+            if unknown.any():
+                taken = values.filter(pa.array(unknown))
+                out[unknown] = 2 + hash_buckets(taken, self.buckets)
+        return out
+
+    def _lookup_known(self, values: pa.Array) -> np.ndarray:
         if not self.ids:
             return np.full(len(values), OOV, dtype=np.int32)
         kind, table = self._lookup_table()
@@ -65,7 +88,8 @@ class Vocabulary:
             return out
         values = _cast_ids(values, table.type)
         pos = pc.index_in(values, value_set=table)
-        return (pc.fill_null(pc.add(pos, 2), OOV)).to_numpy(zero_copy_only=False).astype(np.int32)
+        found = pc.fill_null(pc.add(pos, self.first), OOV)
+        return found.to_numpy(zero_copy_only=False).astype(np.int32)
 
     def _lookup_table(self) -> tuple[str, Any]:
         if self._lookup_cache and self._lookup_cache[0] == len(self.ids):
@@ -76,7 +100,7 @@ class Vocabulary:
             if top < _DENSE_LOOKUP_MAX:
                 table = np.full(top + 1, OOV, dtype=np.int32)
                 table[np.asarray(self.ids, dtype=np.int64)] = np.arange(
-                    2, len(self), dtype=np.int32
+                    self.first, len(self), dtype=np.int32
                 )
                 result: tuple[str, Any] = ("dense", table)
                 self._lookup_cache = (len(self.ids), result)
@@ -86,11 +110,25 @@ class Vocabulary:
         return result
 
     def to_json(self) -> dict[str, Any]:
-        return {"ids": self.ids, "size_by_period": self.size_by_period}
+        return {"ids": self.ids, "size_by_period": self.size_by_period, "buckets": self.buckets}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Vocabulary:
-        return cls(data["ids"], data["size_by_period"])
+        return cls(data["ids"], data["size_by_period"], data.get("buckets", 0))
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: Knuth's multiplicative hash
+
+
+def hash_buckets(values: pa.Array, buckets: int) -> np.ndarray:
+    """A fixed bucket in [0, buckets) for each (non-null) id."""
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+        raw = _cast_ids(values, pa.int64()).to_numpy(zero_copy_only=False).astype(np.uint64)
+        with np.errstate(over="ignore"):
+            mixed = (raw * _GOLDEN) >> np.uint64(29)
+    else:
+        mixed = pl.Series(values.cast(pa.string())).hash(seed=0).to_numpy()
+    return (mixed % np.uint64(buckets)).astype(np.int32)
 
 
 def _cast_ids(values: pa.Array, target: pa.DataType) -> pa.Array:
@@ -122,14 +160,22 @@ def _common_id_type(types: list[pl.DataType]) -> pl.DataType:
     return pl.String
 
 
-def grow_vocabulary(counts: pl.DataFrame, n_periods: int, min_count: int) -> Vocabulary:
+def grow_vocabulary(
+    counts: pl.DataFrame,
+    n_periods: int,
+    min_count: int,
+    max_vocab: int | None = None,
+    buckets: int = 0,
+) -> Vocabulary:
     """Build the append-only vocabulary from per-period id counts.
 
     An id enters at the first period where its cumulative count reaches ``min_count``; within
-    a period, ids are appended by decreasing count, then by value (deterministic).
+    a period, ids are appended by decreasing count, then by value (deterministic). With
+    ``max_vocab``, only the first ``max_vocab`` ids in that order get a row (a prefix, so the
+    vocabulary stays append-only); the others hash into ``buckets`` rows.
     ``counts.period`` holds period ordinals 0..n_periods-1.
     """
-    vocab = Vocabulary()
+    vocab = Vocabulary(buckets=buckets)
     entered = (
         counts.sort(["value", "period"])
         .with_columns(pl.col("count").cum_sum().over("value").alias("cum"))
@@ -138,6 +184,8 @@ def grow_vocabulary(counts: pl.DataFrame, n_periods: int, min_count: int) -> Voc
         .agg(pl.col("period").first(), pl.col("count").first())
         .sort(["period", "count", "value"], descending=[False, True, False])
     )
+    if max_vocab is not None:
+        entered = entered.head(max_vocab)
     by_period = entered.partition_by("period", as_dict=True, maintain_order=True)
     for p in range(n_periods):
         part = by_period.get((p,))

@@ -29,6 +29,7 @@ from fined.knowledge.encoder import KnowledgeEncoder
 from fined.knowledge.extractor import KnowledgeExtractor
 from fined.knowledge.regularizers import SlotMI, gaussian_kl
 from fined.models.layers import MLP
+from fined.train import distributed
 
 
 class KBConfig(StrictModel):
@@ -157,6 +158,11 @@ class KnowledgeBase(nn.Module):
         self.loss_terms = terms
         return total
 
+    def ddp_ignored_parameters(self) -> list[str]:
+        """The MI estimator's network is trained apart, with its own optimizer: DDP must not
+        manage it (``_train_estimator`` averages its gradients over the ranks itself)."""
+        return [f"mi.{n}" for n, _ in self.mi.named_parameters()] if self.mi is not None else []
+
     def _train_estimator(self, v: torch.Tensor) -> None:
         """One step of the estimator's own network on detached vectors (CLUB alternation)."""
         params = list(self.mi.estimator.parameters()) + (
@@ -168,5 +174,6 @@ class KnowledgeBase(nn.Module):
             self._q_optimizer = torch.optim.Adam(params, lr=self.config.club_lr)
         self._q_optimizer.zero_grad(set_to_none=True)
         self.mi.learning_loss(v.detach()).backward()
+        distributed.average_gradients(params)
         self._q_optimizer.step()
         self._q_optimizer.zero_grad(set_to_none=True)

@@ -37,6 +37,9 @@ class ModelConfig(StrictModel):
     dropout: float = Field(ge=0.0, lt=1.0)
     batch_norm: bool
     activation: str
+    # Sparse gradients for the embedding tables (only the rows a batch looked up), trained
+    # with SparseAdam: for tables far larger than what one batch touches.
+    sparse_embedding: bool = False
 
     _check_activation = field_validator("activation")(check_activation)
 
@@ -59,7 +62,11 @@ class CTRModel(nn.Module):
         self.config = config
         self.raw_sequences = raw_sequences  # sequences the model attends over itself (DIN)
         self.embedding = FeatureEmbedding(
-            feature_map, config.embedding_dim, raw_sequences, linear=self.uses_linear
+            feature_map,
+            config.embedding_dim,
+            raw_sequences,
+            linear=self.uses_linear,
+            sparse=config.sparse_embedding,
         )
         self.knowledge_tokens = knowledge_tokens
         self.num_fields = self.embedding.num_fields + knowledge_tokens

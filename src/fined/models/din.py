@@ -90,4 +90,6 @@ class DIN(CTRModel):
             unit(queries[:, i], *self.embedding.lookup_sequence(batch, name))  # [B, d]
             for i, (name, unit) in enumerate(zip(self.raw_sequences, self.attention, strict=True))
         ]
-        return self.mlp(torch.cat([fields.flatten(1), *interests], 1)).squeeze(1)
+        # Fields last: appended knowledge fields then only widen the tail of the MLP input, so
+        # a model without them can be copied into one with them (a warm start).
+        return self.mlp(torch.cat([*interests, fields.flatten(1)], 1)).squeeze(1)

@@ -32,6 +32,7 @@ class FeatureEmbedding(nn.Module):
         raw_sequences: tuple[str, ...] = (),
         linear: bool = False,
         init_std: float = 1e-4,
+        sparse: bool = False,
     ) -> None:
         super().__init__()
         fmap = feature_map
@@ -43,9 +44,9 @@ class FeatureEmbedding(nn.Module):
         for name, size in owners.items():
             offsets[name], total = total, total + size
         self.dim = dim
-        self.table = nn.Embedding(total, dim)
+        self.table = nn.Embedding(total, dim, sparse=sparse)
         nn.init.normal_(self.table.weight, std=init_std)
-        self.linear = nn.Embedding(total, 1) if linear else None
+        self.linear = nn.Embedding(total, 1, sparse=sparse) if linear else None
         if self.linear is not None:
             nn.init.zeros_(self.linear.weight)
         self.register_buffer(

@@ -137,7 +137,7 @@ def _verdicts(summary: pl.DataFrame, baseline: str) -> list[str]:
         others = [k for k in rows if not k.startswith("fined")]
         for name in (k for k in rows if k.startswith("fined")):
             r = rows[name]
-            diffs = {o: r["auc_mean"] - rows[o]["auc_mean"] for o in others}
+            diffs = {o: round(r["auc_mean"] - rows[o]["auc_mean"], 4) + 0.0 for o in others}
             wins = sum(d > 0 for d in diffs.values())
             listed = ", ".join(f"{o} {d:+.4f}" for o, d in diffs.items())
             out.append(

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from fined.data.loader import PeriodStore
+from fined.errors import FinedError
 from fined.knowledge.base import KBConfig, KnowledgeBase
 from fined.knowledge.store import save_kb
+from fined.train import distributed
 from fined.train.trainer import FitResult, TrainConfig, Trainer, seed_everything
 
 # Trainer settings a knowledge base is built with unless the user says otherwise: smaller
@@ -44,9 +46,16 @@ def build_knowledge_base(
     kb = KnowledgeBase(store.feature_map, config, known_through=last)
     rows = store.load(periods, "train", known_through=last)
     # The gates take their final form only once the L0 weight has finished ramping up: no
-    # epoch before that may be selected.
-    ramp_epochs = math.ceil(config.l0_warmup_steps / math.ceil(len(rows) / train.batch_size))
+    # epoch before that may be selected. (Steps per epoch: all ranks' rows, global batch.)
+    steps = math.ceil(len(rows) * distributed.context().world / train.batch_size)
+    ramp_epochs = math.ceil(config.l0_warmup_steps / steps)
     if config.sparse and not config.dense_gates:
+        if ramp_epochs >= train.epochs:
+            raise FinedError(
+                f"the L0 penalty ramps up over {config.l0_warmup_steps} steps ({ramp_epochs} "
+                f"epochs of {steps} steps) but training stops after {train.epochs} epochs: "
+                "raise train.epochs or lower l0_warmup_steps"
+            )
         train = train.model_copy(update={"select_after": max(train.select_after, ramp_epochs)})
     trainer = Trainer(kb, train)
     fit = trainer.fit(
@@ -56,7 +65,7 @@ def build_knowledge_base(
         resume=resume,
     )
     kb.eval()
-    if out is not None:
+    if out is not None and distributed.context().main:  # with several ranks, rank 0 writes
         metrics: dict[str, Any] = {
             "best_epoch": fit.best_epoch,
             "valid": fit.best,

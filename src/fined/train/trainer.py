@@ -32,9 +32,12 @@ from torch.nn import functional as F
 
 from fined.data.loader import Batch, BatchLoader
 from fined.data.schema import StrictModel
+from fined.errors import FinedError
 from fined.io import atomic_write_text
+from fined.train import distributed
 from fined.train.checkpoint import load_checkpoint, save_checkpoint
 from fined.train.metrics import score_metrics
+from fined.train.optim import build_optimizer, clip_gradients, sparse_parameters
 
 LAST = "last.safetensors"
 
@@ -86,6 +89,7 @@ class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig | None = None) -> None:
         self.model = model
         self.config = config or TrainConfig()
+        self.dist = distributed.context()  # several ranks under torchrun, else one
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
 
@@ -102,17 +106,24 @@ class Trainer:
         return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
 
     def evaluate(self, data: Batch) -> dict[str, float]:
-        prob = self.predict(data)
-        group = data.group.numpy() if data.group is not None else None
-        return score_metrics(data.label.numpy(), prob, group)
+        """Metrics of ``data``; with several ranks, of every rank's share together."""
+        prob = torch.from_numpy(self.predict(data))
+        label, group = data.label, data.group
+        if self.dist.active:  # every rank scores its share; the metrics need them all
+            prob, label = distributed.gather(prob), distributed.gather(label)
+            group = distributed.gather(group) if group is not None else None
+        metrics = score_metrics(
+            label.numpy(), prob.numpy(), group.numpy() if group is not None else None
+        )
+        return distributed.broadcast_metrics(metrics)
 
     # -- training --------------------------------------------------------------------------
     def _optimizer(self) -> torch.optim.Optimizer:
         c = self.config
-        cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
         chooser = getattr(self.model, "optimizer_parameters", None)
         params = chooser() if chooser else [p for p in self.model.parameters() if p.requires_grad]
-        return cls(params, lr=c.lr, weight_decay=c.weight_decay)
+        sparse = sparse_parameters(self.model)
+        return build_optimizer(params, c.optimizer, c.lr, c.weight_decay, sparse)
 
     def _score(self, metrics: dict[str, float]) -> float:
         """Higher is better."""
@@ -152,8 +163,10 @@ class Trainer:
             torch.set_rng_state(ckpt["rng"])
             state = ckpt["trainer"]
             state["best_weights"] = ckpt["best_weights"]
-        loader = BatchLoader(train, c.batch_size, shuffle=True, seed=c.seed)
-        board = self._tensorboard(run_dir)
+        net, batch_size = self._parallel()
+        loader = BatchLoader(train, batch_size, shuffle=True, seed=c.seed)
+        steps = distributed.min_int(len(loader))  # every rank takes as many steps
+        board = self._tensorboard(run_dir) if self.dist.main else None
         trained_rows = 0
         train_seconds = 0.0
         stopped = state["bad_epochs"] >= c.patience
@@ -161,10 +174,10 @@ class Trainer:
             epoch = state["epoch"]
             loader.set_epoch(epoch)
             t0 = time.perf_counter()
-            loss, terms = self._train_epoch(loader, optimizer, epoch)
+            loss, terms = self._train_epoch(net, loader, steps, optimizer, epoch)
             seconds = time.perf_counter() - t0
             train_seconds += seconds
-            trained_rows += len(train)
+            trained_rows += min(len(train), steps * batch_size) * self.dist.world
             metrics = self.evaluate(valid)
             score = self._score(metrics)
             row = {
@@ -189,8 +202,9 @@ class Trainer:
             state["epoch"] = epoch + 1
             state["seconds"] += seconds
             stopped = state["bad_epochs"] >= c.patience
-            if run_dir is not None:
+            if run_dir is not None and self.dist.main:
                 self._checkpoint(run_dir, optimizer, scheduler, state)
+            distributed.barrier()  # no rank runs ahead of the checkpoint
             if board is not None:
                 for k, v in row.items():
                     if isinstance(v, float) and not math.isnan(v):
@@ -206,19 +220,46 @@ class Trainer:
             train_samples_per_second=trained_rows / train_seconds if train_seconds else 0.0,
         )
 
+    def _parallel(self) -> tuple[nn.Module, int]:
+        """The module to train (a DDP wrapper with several ranks) and the per-rank batch size
+        (``batch_size`` stays the global batch, split over the ranks)."""
+        c, world = self.config, self.dist.world
+        if not self.dist.active:
+            return self.model, c.batch_size
+        if c.batch_size % world:
+            raise FinedError(f"train.batch_size {c.batch_size} must be divisible by {world} ranks")
+        from torch.nn.parallel import DistributedDataParallel
+
+        ignored = getattr(self.model, "ddp_ignored_parameters", lambda: [])()
+        if ignored:  # parameters trained apart (with their gradients averaged by hand)
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, ignored)
+        # Unused parameters exist (e.g. the gates of the dense-gate ablation): let DDP find them.
+        return DistributedDataParallel(
+            self.model, find_unused_parameters=True
+        ), c.batch_size // world
+
     def _train_epoch(
-        self, loader: BatchLoader, optimizer: torch.optim.Optimizer, epoch: int
+        self,
+        net: nn.Module,
+        loader: BatchLoader,
+        steps: int,
+        optimizer: torch.optim.Optimizer,
+        epoch: int,
     ) -> float:
         c = self.config
         model = self.model
-        model.train()
+        net.train()
         extra = getattr(model, "extra_loss", None)
+        params = list(model.parameters())
+        sparse = bool(sparse_parameters(model))  # torch's clip_grad_norm_ takes dense only
         l2 = getattr(model, "embedding_l2", None) if c.embedding_l2 > 0 else None
         total, rows = 0.0, 0
         term_sums: dict[str, float] = {}
-        with _Progress(len(loader), f"epoch {epoch}", c.progress) as bar:
-            for batch in loader:
-                logits = model(batch)
+        with _Progress(steps, f"epoch {epoch}", c.progress and self.dist.main) as bar:
+            for step, batch in enumerate(loader):
+                if step == steps:
+                    break
+                logits = net(batch)
                 loss = F.binary_cross_entropy_with_logits(logits, batch.label)
                 if extra is not None:
                     loss = loss + extra(batch, logits)
@@ -226,8 +267,10 @@ class Trainer:
                     loss = loss + c.embedding_l2 * l2()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if c.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+                if c.grad_clip and sparse:
+                    clip_gradients(params, c.grad_clip)
+                elif c.grad_clip:
+                    nn.utils.clip_grad_norm_(params, c.grad_clip)
                 optimizer.step()
                 n = len(batch)
                 total += float(loss.detach()) * n

@@ -1,0 +1,114 @@
+"""Several processes, one model: PyTorch's own distributed engine, nothing home-made.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) ``setup()`` joins the process group
+(``nccl`` where CUDA is present, ``gloo`` on CPU). Each rank then reads its own disjoint share
+of every period (``PeriodStore(shard=...)``), trains a ``DistributedDataParallel`` copy of the
+model on it with the same per-epoch shuffle seed, and scores validation rows on its share;
+predictions are gathered so that every rank computes the same metrics, the early-stopping
+decision is taken on rank 0 and broadcast, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        return (self.rank, self.world) if self.active else None
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun as one of several workers."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(timeout_s: float = 600.0) -> Context:
+    """Join the process group if torchrun started us (idempotent); else a 1-process context."""
+    if launched() and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return context()
+
+
+def context() -> Context:
+    if dist.is_available() and dist.is_initialized():
+        return Context(dist.get_rank(), dist.get_world_size())
+    return Context()
+
+
+def teardown() -> None:
+    """Leave the group together: a rank that tears down while another still talks aborts."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if context().active:
+        dist.barrier()
+
+
+def min_int(value: int) -> int:
+    """The smallest ``value`` over all ranks (e.g. steps per epoch: every rank takes as many)."""
+    if not context().active:
+        return value
+    t = torch.tensor([value], dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank-ordered concatenation of every rank's 1-D ``tensor`` (lengths may differ)."""
+    if not context().active:
+        return tensor
+    world = dist.get_world_size()
+    size = torch.tensor([tensor.numel()], dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, dtype=tensor.dtype)
+    padded[: tensor.numel()] = tensor
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
+
+
+def broadcast_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Rank 0's metrics on every rank, so that every decision taken on them (early stopping,
+    the learning-rate schedule) is rank 0's, whatever the float rounding elsewhere."""
+    if not context().active:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    dist.broadcast(values, src=0)
+    return dict(zip(keys, values.tolist(), strict=True))
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average gradients DDP does not manage (e.g. the CLUB estimator's own network)."""
+    ctx = context()
+    if not ctx.active:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= ctx.world

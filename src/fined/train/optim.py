@@ -1,0 +1,95 @@
+"""Optimizers: Adam/AdamW, and the same with sparse embedding gradients.
+
+With ``sparse_embedding: true`` a model's embedding tables produce sparse gradients (only the
+rows a batch looked up), which dense Adam cannot take. ``DenseSparseAdam`` then runs two
+PyTorch optimizers as one: Adam(W) for the dense parameters and ``torch.optim.SparseAdam`` for
+the tables, which updates only the rows looked up (lazy Adam: a row's moments move only when
+it is seen). It exposes the union of their parameter groups, so one learning-rate schedule
+drives both, and one state dict checkpoints both. Weight decay applies to the dense part only
+(``embedding_l2`` regularizes the looked-up rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def sparse_parameters(model: nn.Module) -> set[int]:
+    """Ids of the parameters whose gradients are sparse (tables of sparse embeddings)."""
+    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
+
+
+class DenseSparseAdam(torch.optim.Optimizer):
+    def __init__(self, dense: torch.optim.Optimizer, sparse: torch.optim.SparseAdam) -> None:
+        # Optimizer.__init__ is not called on purpose: the two parts own the parameter groups
+        # and the state; this object only presents them as one.
+        self.parts = {"dense": dense, "sparse": sparse}
+        self.defaults = dense.defaults
+        self.param_groups = dense.param_groups + sparse.param_groups
+        self._optimizer_step_pre_hooks: dict = {}
+        self._optimizer_step_post_hooks: dict = {}
+
+    @property
+    def state(self) -> dict:  # type: ignore[override]
+        return {**self.parts["dense"].state, **self.parts["sparse"].state}
+
+    def step(self, closure=None):  # noqa: ANN001
+        for part in self.parts.values():
+            part.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts.values():
+            part.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: part.state_dict() for name, part in self.parts.items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for name, part in self.parts.items():
+            part.load_state_dict(state_dict[name])
+
+
+def build_optimizer(
+    params: list, kind: str, lr: float, weight_decay: float, sparse: set[int]
+) -> torch.optim.Optimizer:
+    """``params``: parameters or parameter groups (as ``optimizer_parameters()`` gives)."""
+    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    groups = params if params and isinstance(params[0], dict) else [{"params": list(params)}]
+    dense_groups, sparse_groups = [], []
+    for g in groups:
+        rest = {k: v for k, v in g.items() if k != "params"}
+        own = list(g["params"])
+        dense = [p for p in own if id(p) not in sparse]
+        table = [p for p in own if id(p) in sparse]
+        if dense:
+            dense_groups.append({**rest, "params": dense})
+        if table:
+            sparse_groups.append({k: v for k, v in rest.items() if k == "lr"} | {"params": table})
+    main = cls(dense_groups, lr=lr, weight_decay=weight_decay)
+    if not sparse_groups:
+        return main
+    return DenseSparseAdam(main, torch.optim.SparseAdam(sparse_groups, lr=lr))
+
+
+def clip_gradients(params, max_norm: float) -> None:
+    """``clip_grad_norm_`` that also takes sparse gradients (their rows count once each)."""
+    grads = []
+    for p in params:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()  # repeated rows summed, as the dense gradient would be
+            grads.append(p.grad._values())
+        else:
+            grads.append(p.grad)
+    if not grads:
+        return
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = max_norm / (total + 1e-6)
+    if scale < 1:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
