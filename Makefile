@@ -31,5 +31,10 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# Every benchmark (about an hour on 2 cores); figures and machines in benchmarks/README.md.
+bench: setup
+	for b in prepare_throughput throughput movielens_accuracy knowledge scaling; do \
+		$(PY) benchmarks/$$b.py || exit 1; done
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
