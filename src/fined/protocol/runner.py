@@ -205,7 +205,7 @@ class Runner:
             )
             net.eval()
             test, forgetting = self._evaluate(net, t)
-            kept = strategy.bytes_kept(t)
+            kept = strategy.bytes_kept(net, t)
             strategy.after_period(net, t)  # the streaming KB absorbs P_t (used from t + 1)
             record = {
                 "strategy": spec.label,

@@ -74,7 +74,7 @@ class Strategy:
     def trainable(self, net: nn.Module) -> nn.Module:
         return net
 
-    def bytes_kept(self, t: int) -> int:
+    def bytes_kept(self, net: nn.Module, t: int) -> int:
         return 0
 
     def after_period(self, net: nn.Module, t: int) -> None:
@@ -87,7 +87,7 @@ class Window(Strategy):
     def periods(self, t: int) -> list[int]:
         return list(range(max(0, t - self.spec.window + 1), t + 1))
 
-    def bytes_kept(self, t: int) -> int:
+    def bytes_kept(self, net: nn.Module, t: int) -> int:
         past = self.periods(t)[:-1]
         return batch_bytes(self.data.train(past, t)) if past else 0
 
@@ -103,17 +103,21 @@ class Replay(Strategy):
     """``replay``: the current period plus a reservoir sample of past rows, within a byte
     budget (by default the size of the knowledge base)."""
 
+    _kept: tuple[int, Batch] | None = None  # (t, the reservoir at t): trained on, then sized
+
     def reservoir(self, t: int) -> Batch:
-        one = self.data.train([t], t)
-        row_bytes = batch_bytes(one) / max(len(one), 1)
-        budget = self.spec.budget_bytes or self.run.default_kb_bytes
-        rows = int(budget // row_bytes)
-        return self.data.reservoir(list(range(t)), t, rows, self.seed)
+        if self._kept is None or self._kept[0] != t:
+            one = self.data.train([t], t)
+            row_bytes = batch_bytes(one) / max(len(one), 1)
+            budget = self.spec.budget_bytes or self.run.default_kb_bytes
+            rows = int(budget // row_bytes)
+            self._kept = (t, self.data.reservoir(list(range(t)), t, rows, self.seed))
+        return self._kept[1]
 
     def rows(self, t: int) -> Batch:
         return Batch.concat([self.data.train([t], t), self.reservoir(t)])
 
-    def bytes_kept(self, t: int) -> int:
+    def bytes_kept(self, net: nn.Module, t: int) -> int:
         return batch_bytes(self.reservoir(t))
 
 
@@ -148,8 +152,8 @@ class Fined(Strategy):
         # towards what the past said, where the current period is silent.
         return Distilled(net, net.kb, self.spec.kb_distill) if self.spec.kb_distill else net
 
-    def bytes_kept(self, t: int) -> int:
-        return kb_bytes(self.kb(t))
+    def bytes_kept(self, net: nn.Module, t: int) -> int:
+        return kb_bytes(net.kb)  # the KB the model was trained with
 
 
 class FinedStreaming(Fined):
@@ -197,8 +201,8 @@ class FinedRebuild(Fined):
         net.load_state_dict({**net.state_dict(), **own})  # the new KB, the rest warm
         return net
 
-    def bytes_kept(self, t: int) -> int:
-        return kb_bytes(self.kb(t)) + batch_bytes(self.data.train(list(range(t)), t))
+    def bytes_kept(self, net: nn.Module, t: int) -> int:
+        return kb_bytes(net.kb) + batch_bytes(self.data.train(list(range(t)), t))
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
