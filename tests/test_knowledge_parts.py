@@ -6,7 +6,14 @@ import math
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
+from torch.nn import functional as F
 
+from fined.data.loader import PeriodStore
+from fined.data.prepare import prepare
+from fined.data.schema import PrepareConfig
+from fined.knowledge.adaptor import AdaptorConfig, FinedModel
+from fined.knowledge.attention import FieldAttentionBlock
+from fined.knowledge.base import KBConfig, KnowledgeBase
 from fined.knowledge.gates import HardConcreteGate
 from fined.knowledge.regularizers import (
     CLUB,
@@ -16,6 +23,8 @@ from fined.knowledge.regularizers import (
     gaussian_mi,
     true_gaussian_mi,
 )
+from fined.models import build_model
+from fined.models.layers import short_softmax
 
 
 def test_hard_concrete_closed_forms() -> None:
@@ -110,3 +119,53 @@ def test_slot_mi_pairs_different_slots_and_is_differentiable() -> None:
         v = torch.randn(64, 4, D, requires_grad=True)
         mi(v).backward()
         assert v.grad is not None and v.grad.abs().sum() > 0
+
+
+def test_short_softmax_is_the_softmax() -> None:
+    scores = torch.randn(64, 2, 12, 12) * 30  # large scores: the max shift must hold
+    assert torch.allclose(short_softmax(scores), torch.softmax(scores, -1), atol=1e-6)
+
+
+def test_field_attention_block_is_a_pre_norm_transformer_layer() -> None:
+    """Same weights, same outputs as PyTorch's layer (norm first, ReLU, no dropout): the
+    hand-written block changes the speed, not the function."""
+    torch.manual_seed(0)
+    block = FieldAttentionBlock(16, 2, 32).eval()
+    reference = torch.nn.TransformerEncoderLayer(
+        16, 2, 32, dropout=0.0, batch_first=True, norm_first=True
+    ).eval()
+    with torch.no_grad():
+        reference.self_attn.in_proj_weight.copy_(block.qkv.weight)
+        reference.self_attn.in_proj_bias.copy_(block.qkv.bias)
+        reference.self_attn.out_proj.weight.copy_(block.out.weight)
+        reference.self_attn.out_proj.bias.copy_(block.out.bias)
+        norms = ((block.attention_norm, reference.norm1), (block.ffn_norm, reference.norm2))
+        for ours, theirs in norms:  # non-trivial norm weights, the same on both sides
+            ours.weight.add_(torch.randn(16) * 0.1)
+            theirs.weight.copy_(ours.weight)
+            theirs.bias.copy_(ours.bias)
+        reference.linear1.load_state_dict(block.ffn[0].state_dict())
+        reference.linear2.load_state_dict(block.ffn[2].state_dict())
+        x = torch.randn(32, 12, 16)
+        assert torch.allclose(block(x), reference(x), atol=1e-5)
+
+
+def test_kb_distillation_pulls_towards_the_kbs_own_predictions(tmp_path) -> None:
+    """The adaptor's ``kb_distill`` term is the BCE between the model's logits and the frozen
+    KB's stage-1 click probabilities for the same rows, times its weight."""
+    prepare(PrepareConfig(dataset="synthetic", options={"n_rows": 2000, "n_periods": 2}), tmp_path)
+    store = PeriodStore(tmp_path)
+    torch.manual_seed(0)
+    kb = KnowledgeBase(store.feature_map, KBConfig(slots=3), known_through=0).eval()
+    adaptor = AdaptorConfig(kb_distill=0.3)
+    net = FinedModel(build_model("deepfm", store.feature_map, {}, knowledge_tokens=2), kb, adaptor)
+    batch = store.load([1]).slice(0, 256)
+    net.train()
+    logits = net(batch)
+    with torch.no_grad():
+        expected = 0.3 * F.binary_cross_entropy_with_logits(logits, torch.sigmoid(kb(batch)))
+    assert torch.allclose(net.extra_loss(batch, logits), expected, atol=1e-6)
+    assert net.extra_loss(batch, logits).requires_grad  # it trains the model
+    net.eval()
+    net(batch)
+    assert float(net.extra_loss(batch, logits)) == 0.0  # evaluation adds nothing

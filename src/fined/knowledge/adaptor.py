@@ -15,11 +15,13 @@ import math
 import torch
 from pydantic import Field
 from torch import nn
+from torch.nn import functional as F
 
 from fined.data.loader import Batch
 from fined.data.schema import StrictModel
 from fined.knowledge.base import KnowledgeBase
 from fined.models.base import CTRModel
+from fined.models.layers import short_softmax
 
 
 class AdaptorConfig(StrictModel):
@@ -29,6 +31,14 @@ class AdaptorConfig(StrictModel):
     # Initial bias of the instance-wise gate (None: PyTorch's default init). Negative starts
     # the tokens nearly closed: a warm-started base model first keeps its own function.
     gate_bias: float | None = None
+    # Weight of a distillation term towards the frozen KB's own click probabilities (its
+    # stage-1 head over the same knowledge vectors). The tokens are the channel, this is the
+    # incentive: without it the model reads from the tokens only what the current rows
+    # reward, and a pattern that went away and returns finds it deaf (measured in
+    # benchmarks/knowledge.py: tokens alone, or distillation without tokens, gain little or
+    # lose). 0.2 is a prior fixed before that benchmark, not tuned on it; held-out rows of
+    # the current period cannot choose it (they always favour forgetting the absent).
+    kb_distill: float = Field(0.2, ge=0)
 
 
 class KnowledgeAdaptor(nn.Module):
@@ -58,7 +68,7 @@ class KnowledgeAdaptor(nn.Module):
         keys = self.key(knowledge).view(b, k, self.m, self.a).transpose(1, 2)  # [B, m, K, a]
         values = self.value(knowledge).view(b, k, self.m, self.d).transpose(1, 2)  # [B, m, K, d]
         scores = (keys @ q.view(b, self.m, self.a, 1)).squeeze(-1) / math.sqrt(self.a)  # [B, m, K]
-        tokens = (torch.softmax(scores, -1).unsqueeze(2) @ values).squeeze(2)  # [B, m, d]
+        tokens = (short_softmax(scores).unsqueeze(2) @ values).squeeze(2)  # [B, m, d]
         return tokens * torch.sigmoid(self.gate(q)).unsqueeze(-1)
 
 
@@ -82,6 +92,8 @@ class FinedModel(nn.Module):
             config.gate_bias,
         )
         self.kb.requires_grad_(config.finetune_lr is not None)
+        self._knowledge: torch.Tensor | None = None
+        self.loss_terms: dict[str, float] = {}
 
     # The trainer and artefacts look at these, as on any CTRModel.
     @property
@@ -101,8 +113,21 @@ class FinedModel(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         fields = self.base.embedding(batch)
-        tokens = self.adaptor(fields, self.knowledge(batch)[0])
+        knowledge = self.knowledge(batch)[0]
+        self._knowledge = knowledge if self.training else None  # for the distillation term
+        tokens = self.adaptor(fields, knowledge)
         return self.base.interact(torch.cat([fields, tokens], 1), batch)
+
+    def extra_loss(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        weight = self.adaptor_config.kb_distill
+        if not weight or self._knowledge is None:
+            self.loss_terms = {}
+            return logits.new_zeros(())
+        with torch.no_grad():
+            past = torch.sigmoid(self.kb.head(self._knowledge.detach()).squeeze(-1).sum(1))
+        term = F.binary_cross_entropy_with_logits(logits, past)
+        self.loss_terms = {"kb_distill": float(term.detach())}
+        return weight * term
 
     def train(self, mode: bool = True) -> FinedModel:
         super().train(mode)

@@ -35,7 +35,7 @@ from fined.train import distributed
 class KBConfig(StrictModel):
     """Knowledge-base settings (``kb:`` in a config, ``--set`` on the command line)."""
 
-    slots: int = Field(8, ge=1)  # K pattern slots / knowledge vectors
+    slots: int = Field(12, ge=1)  # K pattern slots / knowledge vectors
     dim: int = Field(16, ge=2)  # d_kb
     attention_layers: int = Field(1, ge=1, le=4)
     heads: int = Field(2, ge=1)
@@ -66,7 +66,13 @@ class KnowledgeBase(nn.Module):
             raise ValueError(f"kb dim {c.dim} must be divisible by heads {c.heads}")
         self.feature_map, self.config, self.known_through = feature_map, c, known_through
         self.extractor = KnowledgeExtractor(
-            feature_map, c.dim, c.slots, c.attention_layers, c.heads, c.dense_gates, c.gate_init
+            feature_map,
+            c.dim,
+            c.slots,
+            c.attention_layers,
+            c.heads,
+            c.dense_gates,
+            c.gate_init,
         )
         self.encoder = KnowledgeEncoder(c.dim, c.slots, c.encoder_hidden, stochastic=c.essential)
         # Additive over slots (one shared scorer per knowledge vector, scores summed): each
@@ -119,9 +125,9 @@ class KnowledgeBase(nn.Module):
         """Frozen use: ``(V [B, K, d], gates [B, F, K])`` (deterministic: mu, eval gates)."""
         was = self.training
         self.eval()
-        out = self.encode(batch)
+        fields, _, z = self.extractor(self._known(batch))
         self.train(was)
-        return out["v"], out["z"]
+        return self.encoder.mean(fields, z), z
 
     def forward(self, batch: Batch) -> torch.Tensor:
         out = self.encode(batch)

@@ -15,6 +15,7 @@ from torch import nn
 
 from fined.data.feature_map import FeatureMap
 from fined.data.loader import Batch
+from fined.knowledge.attention import FieldAttention
 from fined.knowledge.gates import HardConcreteGate
 from fined.models.embedding import FeatureEmbedding
 
@@ -42,15 +43,7 @@ class KnowledgeExtractor(nn.Module):
         super().__init__()
         self.embedding = FeatureEmbedding(feature_map, dim, init_std=0.01)
         self.field_type = nn.Parameter(torch.randn(self.embedding.num_fields, dim) * 0.01)
-        layer = nn.TransformerEncoderLayer(
-            d_model=dim,
-            nhead=heads,
-            dim_feedforward=2 * dim,
-            dropout=0.0,
-            batch_first=True,
-            norm_first=True,
-        )
-        self.attention = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
+        self.attention = FieldAttention(dim, heads, layers)
         # Gate logit of field i in slot k for an instance: a learned (field, slot) prior that
         # lets each slot pick its own fields, plus an instance-wise shift from the field's
         # context vector. The prior starts open (P(z != 0) ~ 0.97 at 2.0) and lightly

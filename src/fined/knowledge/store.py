@@ -18,6 +18,9 @@ from fined.knowledge.base import KBConfig, KnowledgeBase
 from fined.weights import load_weights, save_weights
 
 WEIGHTS, META = "kb.safetensors", "kb.json"
+# Bumped whenever the KB's weights change layout (2: the extractor's own attention block and
+# the encoder's separate mu / log-variance heads), so that an old file is refused by name.
+FORMAT = 2
 
 
 def save_kb(
@@ -30,6 +33,7 @@ def save_kb(
     atomic_write_json(
         directory / META,
         {
+            "format": FORMAT,
             "fingerprint": fmap.fingerprint,
             "dataset": fmap.dataset,
             "periods": periods,
@@ -49,6 +53,11 @@ def kb_info(directory: str | Path) -> dict[str, Any]:
 
 def build_kb(meta: dict[str, Any], feature_map: FeatureMap) -> KnowledgeBase:
     """An untrained KB shaped as ``meta`` describes (weights loaded separately)."""
+    if meta.get("format", 1) != FORMAT:
+        raise FinedError(
+            f"the knowledge base has format {meta.get('format', 1)}, this fined reads format "
+            f"{FORMAT}: rebuild it with `fined kb build`"
+        )
     if meta.get("fingerprint") != feature_map.fingerprint:
         raise FinedError(
             f"the knowledge base was built for feature map {meta.get('fingerprint')}, "

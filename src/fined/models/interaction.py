@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from fined.models.layers import MLP
+from fined.models.layers import MLP, short_softmax
 
 
 class CrossNetV1(nn.Module):
@@ -152,7 +151,7 @@ class SelfAttentionLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, f, _ = x.shape
         q, k, v = self.qkv(x).view(b, f, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # [B, h, F, d_h]
+        out = short_softmax(q @ k.transpose(-1, -2)) @ v  # [B, h, F, d_h]
         out = out.transpose(1, 2).reshape(b, f, -1)
         if self.residual is not None:
             out = out + self.residual(x)

@@ -126,7 +126,11 @@ class RunConfig(StrictModel):
         )
 
     def adaptor_config(self, spec: StrategySpec) -> AdaptorConfig:
-        update = {**spec.adaptor, "finetune_lr": spec.finetune_lr}
+        # A strategy's own finetune_lr / kb_distill override the run's adaptor settings.
+        own = {
+            k: getattr(spec, k) for k in ("finetune_lr", "kb_distill") if k in spec.model_fields_set
+        }
+        update = {**spec.adaptor, **own}
         return parse_model(
             AdaptorConfig, {**self.adaptor.model_dump(), **update}, f"strategies.{spec.label}"
         )

@@ -30,7 +30,7 @@ from fined.data.loader import PeriodStore
 from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
 from fined.knowledge.base import KBConfig, KnowledgeBase
-from fined.knowledge.store import kb_bytes, load_kb
+from fined.knowledge.store import FORMAT, kb_bytes, load_kb
 from fined.models.base import CTRModel, build_model
 from fined.protocol.config import RunConfig, StrategySpec
 from fined.protocol.data import ProtocolData
@@ -55,7 +55,8 @@ class Runner:
     # -- set-up ----------------------------------------------------------------------------
     def _open(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        resolved = self.config.model_dump(mode="json", exclude={"quick"})
+        # The KB format too: cells and cached KBs of an older layout cannot be resumed.
+        resolved = self.config.model_dump(mode="json", exclude={"quick"}) | {"kb_format": FORMAT}
         stored = self.root / "config.json"
         if stored.is_file() and read_json(stored, "run config") != resolved:
             raise FinedError(

@@ -147,11 +147,6 @@ class Fined(Strategy):
             net.load_state_dict(previous)
         return net
 
-    def trainable(self, net: nn.Module) -> nn.Module:
-        # Optionally the KB's own click predictions are a second teacher: they pull the model
-        # towards what the past said, where the current period is silent.
-        return Distilled(net, net.kb, self.spec.kb_distill) if self.spec.kb_distill else net
-
     def bytes_kept(self, net: nn.Module, t: int) -> int:
         return kb_bytes(net.kb)  # the KB the model was trained with
 

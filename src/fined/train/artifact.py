@@ -17,6 +17,7 @@ from fined.data.schema import parse_model
 from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
 from fined.knowledge.adaptor import AdaptorConfig, FinedModel
+from fined.knowledge.store import FORMAT as KB_FORMAT
 from fined.knowledge.store import build_kb
 from fined.models.base import CTRModel, build_model
 from fined.weights import load_weights, save_weights
@@ -36,6 +37,7 @@ def describe_model(model: CTRModel | FinedModel) -> dict[str, Any]:
     }
     if isinstance(model, FinedModel):
         meta["kb"] = {
+            "format": KB_FORMAT,
             "config": model.kb.config.model_dump(),
             "known_through": model.kb.known_through,
             "fingerprint": base.feature_map.fingerprint,
