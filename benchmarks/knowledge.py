@@ -113,6 +113,7 @@ def main() -> None:
     p.add_argument("--models", default="deepfm,dcn,pnn,xdeepfm,autoint,din")
     p.add_argument("--kb-distill", type=float, default=0.2)
     p.add_argument("--skip-value", action="store_true", help="cost and size only")
+    p.add_argument("--slots", type=int, default=KBConfig().slots, help="the KB's K")
     args = p.parse_args()
     torch.set_num_threads(2)
     train_cfg = TrainConfig(batch_size=1024, lr=3e-3, epochs=10, patience=2, progress=False, seed=1)
@@ -124,7 +125,8 @@ def main() -> None:
         options = {"n_rows": args.rows, "n_periods": 6, "seed": 0}
         prepare(PrepareConfig(dataset="synthetic", options=options), tmp / "syn")
         store = PeriodStore(tmp / "syn")
-        built = build_knowledge_base(store, [0, 1], KBConfig(), kb_train, tmp / "kb")
+        kb_config = KBConfig(slots=args.slots)
+        built = build_knowledge_base(store, [0, 1], kb_config, kb_train, tmp / "kb")
         kb_bytes = (tmp / "kb" / "kb.safetensors").stat().st_size
         past_parquet = sum(
             (store.directory / store.feature_map.periods[i].file).stat().st_size for i in (0, 1)
@@ -157,7 +159,7 @@ def main() -> None:
             if model == "din":
                 prepare(PrepareConfig(dataset="movielens100k"), tmp / "ml")
                 ml = PeriodStore(tmp / "ml")
-                ml_kb = build_knowledge_base(ml, [0, 1, 2, 3], KBConfig(), kb_train).kb
+                ml_kb = build_knowledge_base(ml, [0, 1, 2, 3], kb_config, kb_train).kb
                 aucs = value(ml, ml_kb, "din", [4, 5], [6, 7], 5, train_cfg, args.kb_distill)
                 model = "din (MovieLens)"
             else:

@@ -42,3 +42,18 @@ def test_model_configs_validate(path: Path) -> None:
     model, train = load_settings(path, [])
     assert model_config(path.stem, model).embedding_dim >= 1
     parse_model(TrainConfig, train, path.name)
+
+
+def test_kb_yaml_states_the_defaults() -> None:
+    """configs/kb.yaml documents the KB defaults: it must not drift from the code."""
+    kb, _ = load_settings(CONFIGS / "kb.yaml", [])
+    defaults = KBConfig().model_dump()
+    assert {k: defaults[k] for k in kb} == kb
+
+
+def test_a_strategy_overrides_the_run_adaptor_only_where_it_says_so() -> None:
+    config = load_run_config(CONFIGS / "synthetic_ablations.yaml")
+    adaptors = {s.label: config.adaptor_config(s) for s in config.strategies}
+    assert adaptors["fined"].kb_distill == 0.2  # the adaptor's default
+    assert adaptors["fined_no_kb_distill"].kb_distill == 0.0  # the strategy's own setting
+    assert adaptors["fined"].finetune_lr is None

@@ -14,6 +14,7 @@ from fined.data.schema import PrepareConfig
 from fined.knowledge.adaptor import AdaptorConfig, FinedModel
 from fined.knowledge.attention import FieldAttentionBlock
 from fined.knowledge.base import KBConfig, KnowledgeBase
+from fined.knowledge.encoder import KnowledgeEncoder
 from fined.knowledge.gates import HardConcreteGate
 from fined.knowledge.regularizers import (
     CLUB,
@@ -169,3 +170,18 @@ def test_kb_distillation_pulls_towards_the_kbs_own_predictions(tmp_path) -> None
     net.eval()
     net(batch)
     assert float(net.extra_loss(batch, logits)) == 0.0  # evaluation adds nothing
+
+
+def test_encoder_is_an_mlp_over_pattern_and_slot() -> None:
+    """The encoder's first layer takes the slot's share once per call: the result must equal
+    the MLP applied to ``[mean, second order, slot]`` concatenated for every row."""
+    torch.manual_seed(0)
+    encoder = KnowledgeEncoder(8, slots=3, hidden=[16, 12]).eval()
+    fields, z = torch.randn(5, 4, 8), (torch.rand(5, 4, 3) > 0.5).float()
+    summed = torch.einsum("bfk,bfd->bkd", z, fields)
+    mean = summed / z.sum(1).unsqueeze(-1).clamp_min(1e-6)
+    second = 0.5 * (summed.pow(2) - torch.einsum("bfk,bfd->bkd", z, fields.pow(2)))
+    inputs = torch.cat([mean, second, encoder.slot.expand(5, -1, -1)], -1)
+    expected = encoder.mu(encoder.body(inputs))
+    assert torch.allclose(encoder.mean(fields, z), expected, atol=1e-6)
+    assert torch.allclose(encoder(fields, z)[1], expected, atol=1e-6)

@@ -39,7 +39,7 @@ class KBConfig(StrictModel):
     dim: int = Field(16, ge=2)  # d_kb
     attention_layers: int = Field(1, ge=1, le=4)
     heads: int = Field(2, ge=1)
-    encoder_hidden: list[int] = Field(default_factory=lambda: [64])
+    encoder_hidden: list[int] = Field(default_factory=lambda: [64], min_length=1)
     head_hidden: list[int] = Field(default_factory=lambda: [64])
     essential: bool = True  # information bottleneck (KL + stochastic v)
     beta_ib: float = Field(1e-3, ge=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fined.models.layers import MLP
 
@@ -34,8 +35,14 @@ class KnowledgeEncoder(nn.Module):
         squares = zt.pow(2) @ fields.pow(2)
         mean = summed / zt.sum(-1, keepdim=True).clamp_min(1e-6)
         second_order = 0.5 * (summed.pow(2) - squares)
-        slot = self.slot.expand(fields.shape[0], -1, -1)
-        return self.body(torch.cat([mean, second_order, slot], -1))
+        # The first layer sees [mean, second order, slot]; the slot's share of it is the same
+        # for every row, so it is computed once per call ([K, h]) instead of concatenating
+        # the slot embedding to every row's input. Same function, a third fewer products.
+        first, rest = self.body.net[0], self.body.net[1:]
+        pooled = 2 * fields.shape[-1]
+        slot_bias = F.linear(self.slot, first.weight[:, pooled:], first.bias)
+        pattern = F.linear(torch.cat([mean, second_order], -1), first.weight[:, :pooled])
+        return rest(pattern + slot_bias)
 
     def mean(self, fields: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``mu [B, K, d]`` alone: what a frozen KB hands out."""
