@@ -113,7 +113,7 @@ def run_one(name: str, data_dir: Path, threads: int, layout: str, max_steps: int
     loader = BatchLoader(train, 4096, shuffle=True, seed=0)
     model.train()
     t0 = time.perf_counter()
-    trainer._train_epoch(loader, optimizer, 0)
+    trainer._train_epoch(model, loader, len(loader), optimizer, 0)  # one epoch, nothing else
     train_s = time.perf_counter() - t0
     infer = BatchLoader(train, 4096)
     model.eval()
