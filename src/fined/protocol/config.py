@@ -32,12 +32,15 @@ class StrategySpec(StrictModel):
     budget_bytes: int | None = Field(None, ge=1)  # replay: None = the KB's size
     kd_weight: float = Field(0.5, ge=0)  # kd: weight of the distillation term
     kb: dict[str, Any] = Field(default_factory=dict)  # fined*: KB settings for this variant
-    finetune_lr: float | None = Field(None, gt=0)  # fined: fine-tune the KB at this rate
+    # fined*: fine-tune the KB at this rate (None: the run's adaptor setting, frozen by default)
+    finetune_lr: float | None = Field(None, gt=0)
     adaptor: dict[str, Any] = Field(default_factory=dict)  # fined*: adaptor settings
     # fined*: start the base model from the shared warm-up model (False: from scratch at the
     # first period, so that all it knows of the KB's periods comes through the KB)
     warmup_base: bool = True
-    kb_distill: float = Field(0.0, ge=0)  # fined*: weight of a distillation term to the KB's head
+    # fined*: weight of the distillation towards the KB's own predictions (None: the run's
+    # adaptor setting, 0.2 by default; 0: tokens alone)
+    kb_distill: float | None = Field(None, ge=0)
     absorb_epochs: int = Field(2, ge=1)  # fined_streaming: epochs the KB spends on a period
     absorb_weight: float = Field(1.0, ge=0)  # fined_streaming: pull towards the last snapshot
 
@@ -126,9 +129,11 @@ class RunConfig(StrictModel):
         )
 
     def adaptor_config(self, spec: StrategySpec) -> AdaptorConfig:
-        # A strategy's own finetune_lr / kb_distill override the run's adaptor settings.
+        # A strategy's own finetune_lr / kb_distill, where set, override the run's adaptor.
         own = {
-            k: getattr(spec, k) for k in ("finetune_lr", "kb_distill") if k in spec.model_fields_set
+            k: getattr(spec, k)
+            for k in ("finetune_lr", "kb_distill")
+            if getattr(spec, k) is not None
         }
         update = {**spec.adaptor, **own}
         return parse_model(

@@ -177,7 +177,7 @@ class FinedStreaming(Fined):
             progress=False,
         )
         Trainer(student, config).fit(self.data.train([t], t), self.data.holdout([t], t))
-        kb.requires_grad_(self.spec.finetune_lr is not None)
+        kb.requires_grad_(net.adaptor_config.finetune_lr is not None)
         kb.eval()
 
 
