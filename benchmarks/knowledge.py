@@ -69,8 +69,10 @@ def cost(store, kb, model: str, settings: dict, data) -> str:
     from fined.models import build_model
 
     torch.manual_seed(1)
-    nets = {"base": build_model(model, store.feature_map, settings), "fined": None}
-    nets["fined"] = fined_model(store, kb, model, settings)
+    nets = {
+        "base": build_model(model, store.feature_map, settings),
+        "fined": fined_model(store, kb, model, settings),
+    }
     r = rates(nets, data)
     f0, f1 = flops_per_row(nets["base"], data), flops_per_row(nets["fined"], data)
     return (

@@ -124,7 +124,7 @@ class FinedModel(nn.Module):
             self.loss_terms = {}
             return logits.new_zeros(())
         with torch.no_grad():
-            past = torch.sigmoid(self.kb.head(self._knowledge.detach()).squeeze(-1).sum(1))
+            past = torch.sigmoid(self.kb.click_logits(self._knowledge))
         term = F.binary_cross_entropy_with_logits(logits, past)
         self.loss_terms = {"kb_distill": float(term.detach())}
         return weight * term

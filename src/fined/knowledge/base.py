@@ -66,13 +66,7 @@ class KnowledgeBase(nn.Module):
             raise ValueError(f"kb dim {c.dim} must be divisible by heads {c.heads}")
         self.feature_map, self.config, self.known_through = feature_map, c, known_through
         self.extractor = KnowledgeExtractor(
-            feature_map,
-            c.dim,
-            c.slots,
-            c.attention_layers,
-            c.heads,
-            c.dense_gates,
-            c.gate_init,
+            feature_map, c.dim, c.slots, c.attention_layers, c.heads, c.dense_gates, c.gate_init
         )
         self.encoder = KnowledgeEncoder(c.dim, c.slots, c.encoder_hidden, stochastic=c.essential)
         # Additive over slots (one shared scorer per knowledge vector, scores summed): each
@@ -129,10 +123,14 @@ class KnowledgeBase(nn.Module):
         self.train(was)
         return self.encoder.mean(fields, z), z
 
+    def click_logits(self, v: torch.Tensor) -> torch.Tensor:
+        """The KB's own click logits ``[B]`` from knowledge vectors ``[B, K, d]``."""
+        return self.head(v).squeeze(-1).sum(1)
+
     def forward(self, batch: Batch) -> torch.Tensor:
         out = self.encode(batch)
         self._last = out
-        return self.head(out["v"]).squeeze(-1).sum(1)
+        return self.click_logits(out["v"])
 
     # -- stage-1 losses (the trainer adds these to the BCE) ---------------------------------
     def optimizer_parameters(self) -> list[nn.Parameter]:

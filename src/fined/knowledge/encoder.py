@@ -2,11 +2,10 @@
 
 Pattern k of an instance is pooled from its gated field embeddings: the masked mean
 ``sum_i z_ik e_i / sum_i z_ik`` and the FM-style second-order term inside the pattern
-``0.5 * ((sum_i z_ik e_i)^2 - sum_i z_ik^2 e_i^2)``. A learned slot embedding is added to
-the pooled pair (one offset per slot: cheaper than concatenating it, and the same family of
-functions after the first layer), and an MLP shared by all slots encodes it into
-``(mu_k, log sigma_k^2)``; the knowledge vector is ``v_k = mu_k + sigma_k * eps`` in
-training and ``mu_k`` at inference, where ``log sigma^2`` is not even computed.
+``0.5 * ((sum_i z_ik e_i)^2 - sum_i z_ik^2 e_i^2)``. With a learned slot embedding
+concatenated, an MLP shared by all slots encodes them into ``(mu_k, log sigma_k^2)``; the
+knowledge vector is ``v_k = mu_k + sigma_k * eps`` in training and ``mu_k`` at inference,
+where ``log sigma^2`` is not even computed.
 """
 
 from __future__ import annotations
