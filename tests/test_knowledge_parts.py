@@ -11,7 +11,8 @@ from torch.nn import functional as F
 from fined.data.loader import PeriodStore
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
-from fined.knowledge.adaptor import AdaptorConfig, FinedModel
+from fined.knowledge import frozen
+from fined.knowledge.adaptor import AdaptorConfig, FinedModel, KnowledgeAdaptor
 from fined.knowledge.attention import FieldAttentionBlock
 from fined.knowledge.base import KBConfig, KnowledgeBase
 from fined.knowledge.encoder import KnowledgeEncoder
@@ -25,7 +26,7 @@ from fined.knowledge.regularizers import (
     true_gaussian_mi,
 )
 from fined.models import build_model
-from fined.models.layers import short_softmax
+from fined.models.layers import short_softmax, short_softmax_
 
 
 def test_hard_concrete_closed_forms() -> None:
@@ -183,5 +184,80 @@ def test_encoder_is_an_mlp_over_pattern_and_slot() -> None:
     second = 0.5 * (summed.pow(2) - torch.einsum("bfk,bfd->bkd", z, fields.pow(2)))
     inputs = torch.cat([mean, second, encoder.slot.expand(5, -1, -1)], -1)
     expected = encoder.mu(encoder.body(inputs))
-    assert torch.allclose(encoder.mean(fields, z), expected, atol=1e-6)
+    assert torch.allclose(frozen.knowledge_means(encoder, fields, z), expected, atol=1e-6)
     assert torch.allclose(encoder(fields, z)[1], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_frozen_attention_block_is_the_block(heads: int) -> None:
+    torch.manual_seed(heads)
+    block = FieldAttentionBlock(16, heads, 32)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.4)  # away from the init: every part must matter
+    x = torch.randn(64, 12, 16)
+    with torch.no_grad():
+        assert torch.allclose(frozen.attention_block_(block, x.clone()), block(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"attention_layers": 2, "heads": 4, "encoder_hidden": [32, 24]}, {"dense_gates": True}],
+)
+def test_frozen_query_is_the_evaluation_mode_encoding(tmp_path, settings: dict) -> None:
+    """``KnowledgeBase.query`` (the fast path) gives what ``encode`` gives in evaluation mode,
+    for a KB whose gates are partly fractional (so the attention shapes them) and with ids
+    beyond the KB's vocabularies (mapped to OOV on both paths)."""
+    prepare(PrepareConfig(dataset="synthetic", options={"n_rows": 3000, "n_periods": 3}), tmp_path)
+    store = PeriodStore(tmp_path)
+    torch.manual_seed(0)
+    kb = KnowledgeBase(store.feature_map, KBConfig(slots=5, **settings), known_through=0)
+    with torch.no_grad():
+        for name, p in kb.named_parameters():
+            if not name.startswith("mi."):
+                p.normal_(0.0, 0.5 if p.dim() > 1 else 0.2)
+        kb.extractor.gate_logits.weight.normal_(0.0, 40.0)  # large shifts: gates vary by row
+    batch = store.load([2]).slice(0, 512)
+    v, z = kb.query(batch)
+    kb.eval()
+    expected = kb.encode(batch)
+    assert torch.allclose(z, expected["z"], atol=1e-5)
+    assert torch.allclose(v, expected["mu"], atol=1e-4, rtol=1e-4)
+    if not settings.get("dense_gates"):
+        fractional = ((z > 0) & (z < 1)).float().mean()
+        assert 0.05 < fractional < 0.95  # the test exercises instance-wise gates
+        assert (z.std(0) > 0).any()
+
+
+def test_adaptor_is_multi_head_attention_over_the_knowledge() -> None:
+    """The adaptor scores the knowledge in its own space; it must equal attention with the
+    K keys and values projected explicitly (biases included), and train the same way."""
+    torch.manual_seed(0)
+    adaptor = KnowledgeAdaptor(num_fields=5, dim=8, kb_dim=6, tokens=3, attention_dim=4)
+    for p in adaptor.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    fields, knowledge = torch.randn(7, 5, 8), torch.randn(7, 9, 6)
+    q = adaptor.query(fields.flatten(1))
+    keys = adaptor.key(knowledge).view(7, 9, 3, 4).transpose(1, 2)  # [B, m, K, a]
+    values = adaptor.value(knowledge).view(7, 9, 3, 8).transpose(1, 2)  # [B, m, K, d]
+    scores = (keys @ q.view(7, 3, 4, 1)).squeeze(-1) / 2.0
+    expected = (torch.softmax(scores, -1).unsqueeze(2) @ values).squeeze(2)
+    expected = expected * torch.sigmoid(adaptor.gate(q)).unsqueeze(-1)
+    tokens = adaptor(fields, knowledge)
+    assert torch.allclose(tokens, expected, atol=1e-5)
+    weights = [adaptor.query.weight, adaptor.key.weight, adaptor.value.weight]
+    grads = torch.autograd.grad(tokens.square().sum(), weights)
+    reference = torch.autograd.grad(expected.square().sum(), weights)
+    for g, r in zip(grads, reference, strict=True):
+        assert torch.allclose(g, r, atol=1e-4)
+
+
+def test_frozen_softmax_is_the_softmax_for_small_and_large_scores() -> None:
+    """In place; the shift by the row maximum is skipped only where exp cannot overflow."""
+    torch.manual_seed(0)
+    for scale in (1.0, 60.0, 500.0):  # within the safe range, near it, far beyond it
+        scores = torch.randn(64, 2, 12, 12) * scale
+        expected = torch.softmax(scores, -1)
+        result = short_softmax_(scores)
+        assert result.data_ptr() == scores.data_ptr()
+        assert torch.allclose(result, expected, atol=1e-6) and not result.isnan().any()
+    assert short_softmax_(torch.empty(0, 12)).shape == (0, 12)

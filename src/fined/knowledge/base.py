@@ -25,6 +25,7 @@ from fined.data.feature_map import FeatureMap
 from fined.data.loader import Batch
 from fined.data.schema import StrictModel
 from fined.data.vocab import OOV
+from fined.knowledge import frozen
 from fined.knowledge.encoder import KnowledgeEncoder
 from fined.knowledge.extractor import KnowledgeExtractor
 from fined.knowledge.regularizers import SlotMI, gaussian_kl
@@ -116,12 +117,11 @@ class KnowledgeBase(nn.Module):
 
     @torch.no_grad()
     def query(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen use: ``(V [B, K, d], gates [B, F, K])`` (deterministic: mu, eval gates)."""
-        was = self.training
-        self.eval()
-        fields, _, z = self.extractor(self._known(batch))
-        self.train(was)
-        return self.encoder.mean(fields, z), z
+        """Frozen use: ``(V [B, K, d], gates [B, F, K])`` (deterministic: mu, eval gates),
+        the evaluation-mode function of ``encode`` computed by the fast path of ``frozen``."""
+        fields = self.extractor.embedding(self._known(batch))
+        z = frozen.gates(self.extractor, fields)
+        return frozen.knowledge_means(self.encoder, fields, z), z
 
     def click_logits(self, v: torch.Tensor) -> torch.Tensor:
         """The KB's own click logits ``[B]`` from knowledge vectors ``[B, K, d]``."""

@@ -4,8 +4,8 @@ Pattern k of an instance is pooled from its gated field embeddings: the masked m
 ``sum_i z_ik e_i / sum_i z_ik`` and the FM-style second-order term inside the pattern
 ``0.5 * ((sum_i z_ik e_i)^2 - sum_i z_ik^2 e_i^2)``. With a learned slot embedding
 concatenated, an MLP shared by all slots encodes them into ``(mu_k, log sigma_k^2)``; the
-knowledge vector is ``v_k = mu_k + sigma_k * eps`` in training and ``mu_k`` at inference,
-where ``log sigma^2`` is not even computed.
+knowledge vector is ``v_k = mu_k + sigma_k * eps`` in training and ``mu_k`` at inference
+(the frozen query, ``fined.knowledge.frozen``, computes ``mu_k`` alone).
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ class KnowledgeEncoder(nn.Module):
         # the slot embedding to every row's input. Same function, a third fewer products.
         first, rest = self.body.net[0], self.body.net[1:]
         pooled = 2 * fields.shape[-1]
-        slot_bias = F.linear(self.slot, first.weight[:, pooled:], first.bias)
         pattern = F.linear(torch.cat([mean, second_order], -1), first.weight[:, :pooled])
-        return rest(pattern + slot_bias)
+        return rest(pattern + self.slot_bias())
 
-    def mean(self, fields: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``mu [B, K, d]`` alone: what a frozen KB hands out."""
-        return self.mu(self._hidden(fields, z))
+    def slot_bias(self) -> torch.Tensor:
+        """``[K, h]``: each slot's share of the first layer, its bias included."""
+        first = self.body.net[0]
+        return F.linear(self.slot, first.weight[:, 2 * self.slot.shape[-1] :], first.bias)
 
     def forward(self, fields: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         hidden = self._hidden(fields, z)

@@ -23,8 +23,8 @@ from fined.models.embedding import FeatureEmbedding
 # how fast each part of a gate logit can travel: the (field, slot) prior fast (logits must
 # cross from open, > 2.4, to closed, < -2.4, within a few hundred steps), the instance-wise
 # shift slowly, so that it refines the slot's pattern per instance instead of replacing it.
-_PRIOR_SCALE = 10.0
-_SHIFT_SCALE = 0.03
+PRIOR_SCALE = 10.0
+SHIFT_SCALE = 0.03
 
 
 class KnowledgeExtractor(nn.Module):
@@ -62,11 +62,17 @@ class KnowledgeExtractor(nn.Module):
     def num_fields(self) -> int:
         return self.embedding.num_fields
 
+    def gate_offset(self) -> torch.Tensor:
+        """The instance-independent part of the gate logits, ``[F, K]`` (the frozen query
+        adds the scaled instance-wise shift to it)."""
+        prior = self.gate_init + PRIOR_SCALE * self.pattern_prior
+        return prior + SHIFT_SCALE * self.gate_logits.bias
+
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fields = self.embedding(batch)
         context = self.attention(fields + self.field_type)
-        prior = self.gate_init + _PRIOR_SCALE * self.pattern_prior
-        log_alpha = prior + _SHIFT_SCALE * self.gate_logits(self.context_norm(context))
+        prior = self.gate_init + PRIOR_SCALE * self.pattern_prior
+        log_alpha = prior + SHIFT_SCALE * self.gate_logits(self.context_norm(context))
         if self.dense_gates:
             return fields, log_alpha, torch.ones_like(log_alpha)
         return fields, log_alpha, self.gate(log_alpha)
