@@ -261,3 +261,23 @@ def test_frozen_softmax_is_the_softmax_for_small_and_large_scores() -> None:
         assert result.data_ptr() == scores.data_ptr()
         assert torch.allclose(result, expected, atol=1e-6) and not result.isnan().any()
     assert short_softmax_(torch.empty(0, 12)).shape == (0, 12)
+
+
+def test_a_fine_tuned_kb_is_queried_like_a_frozen_one_in_evaluation(tmp_path) -> None:
+    """Training a fine-tuned KB differentiates through ``encode``; evaluation takes the fast
+    frozen path, which must give the same predictions."""
+    prepare(PrepareConfig(dataset="synthetic", options={"n_rows": 2000, "n_periods": 2}), tmp_path)
+    store = PeriodStore(tmp_path)
+    torch.manual_seed(0)
+    kb = KnowledgeBase(store.feature_map, KBConfig(slots=3), known_through=0)
+    adaptor = AdaptorConfig(finetune_lr=1e-3)
+    net = FinedModel(build_model("deepfm", store.feature_map, {}, knowledge_tokens=2), kb, adaptor)
+    batch = store.load([1]).slice(0, 256)
+    net.train()
+    assert net.knowledge(batch)[0].requires_grad  # trained through the KB
+    net.eval()
+    with torch.no_grad():
+        fields = net.base.embedding(batch)
+        tokens = net.adaptor(fields, kb.encode(batch)["mu"])
+        expected = net.base.interact(torch.cat([fields, tokens], 1), batch)
+        assert torch.allclose(net(batch), expected, atol=1e-5)

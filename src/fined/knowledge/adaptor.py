@@ -112,8 +112,9 @@ class FinedModel(nn.Module):
         return self.base.feature_map
 
     def knowledge(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(V, gates)`` for the batch; differentiable only when fine-tuning the KB."""
-        if self.adaptor_config.finetune_lr is None:
+        """``(V, gates)`` for the batch; differentiable only when fine-tuning the KB (in
+        evaluation a fine-tuned KB is deterministic too, and takes the fast frozen path)."""
+        if self.adaptor_config.finetune_lr is None or not self.training:
             return self.kb.query(batch)
         out = self.kb.encode(batch)
         return out["v"], out["z"]
