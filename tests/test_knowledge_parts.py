@@ -123,9 +123,20 @@ def test_slot_mi_pairs_different_slots_and_is_differentiable() -> None:
         assert v.grad is not None and v.grad.abs().sum() > 0
 
 
-def test_short_softmax_is_the_softmax() -> None:
-    scores = torch.randn(64, 2, 12, 12) * 30  # large scores: the max shift must hold
-    assert torch.allclose(short_softmax(scores), torch.softmax(scores, -1), atol=1e-6)
+@pytest.mark.parametrize("length", [12, 16, 39])  # its own passes, and PyTorch's kernel
+def test_short_softmax_is_the_softmax_with_its_gradient(length: int) -> None:
+    torch.manual_seed(0)
+    scores = torch.randn(64, 2, 12, length) * 30  # large scores: the max shift must hold
+    mine, theirs = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+    out, expected = short_softmax(mine), torch.softmax(theirs, -1)
+    assert torch.allclose(out, expected, atol=1e-6)
+    weights = torch.randn_like(scores)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert torch.allclose(mine.grad, theirs.grad, atol=1e-5)
+    assert torch.autograd.gradcheck(
+        short_softmax, torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    )
 
 
 def test_field_attention_block_is_a_pre_norm_transformer_layer() -> None:
@@ -254,8 +265,8 @@ def test_adaptor_is_multi_head_attention_over_the_knowledge() -> None:
 def test_frozen_softmax_is_the_softmax_for_small_and_large_scores() -> None:
     """In place; the shift by the row maximum is skipped only where exp cannot overflow."""
     torch.manual_seed(0)
-    for scale in (1.0, 60.0, 500.0):  # within the safe range, near it, far beyond it
-        scores = torch.randn(64, 2, 12, 12) * scale
+    for scale, length in [(1.0, 12), (60.0, 12), (500.0, 12), (500.0, 20)]:  # safe, near, far
+        scores = torch.randn(64, 2, 12, length) * scale
         expected = torch.softmax(scores, -1)
         result = short_softmax_(scores)
         assert result.data_ptr() == scores.data_ptr()
