@@ -292,3 +292,16 @@ def test_a_fine_tuned_kb_is_queried_like_a_frozen_one_in_evaluation(tmp_path) ->
         tokens = net.adaptor(fields, kb.encode(batch)["mu"])
         expected = net.base.interact(torch.cat([fields, tokens], 1), batch)
         assert torch.allclose(net(batch), expected, atol=1e-5)
+
+
+def test_kb_takes_the_trainers_embedding_penalty(tmp_path) -> None:
+    """``train.embedding_l2`` applies to a KB build too: the squared norm of the KB's own
+    looked-up field vectors per row (before, the trainer found no hook and skipped it)."""
+    prepare(PrepareConfig(dataset="synthetic", options={"n_rows": 2000, "n_periods": 2}), tmp_path)
+    store = PeriodStore(tmp_path)
+    kb = KnowledgeBase(store.feature_map, KBConfig(slots=3), known_through=0)
+    batch = store.load([0]).slice(0, 128)
+    kb(batch)
+    fields = kb.extractor.embedding(kb._known(batch))
+    assert torch.allclose(kb.embedding_l2(), fields.pow(2).sum() / 128)
+    assert kb.embedding_l2().requires_grad

@@ -73,11 +73,15 @@ def run(
         Path, typer.Argument(help="A run config (YAML), e.g. configs/movielens100k.yaml.")
     ],
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/NAME).")] = None,
-    quick: Annotated[bool, typer.Option(help="Apply the config's `quick:` overrides.")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Apply the config's `quick:` overrides.")
+    ] = False,
     set_: Annotated[
         list[str], typer.Option("--set", help="Override a config key: a.b=VALUE.")
     ] = [],  # noqa: B006
-    restart: Annotated[bool, typer.Option(help="Discard an earlier run in OUT first.")] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Discard an earlier run in OUT first.")
+    ] = False,
 ) -> None:
     """The continual protocol: KB and warm-up on the first periods, then period by period
     train, select on the held-out slice, test on the next period, for every strategy, model

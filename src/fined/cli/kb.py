@@ -26,12 +26,16 @@ def build(
     ] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override KEY=VALUE (train.KEY).")] = [],  # noqa: B006
     no_essential: Annotated[
-        bool, typer.Option(help="Ablation: no information bottleneck.")
+        bool, typer.Option("--no-essential", help="Ablation: no information bottleneck.")
     ] = False,
-    no_disentangled: Annotated[bool, typer.Option(help="Ablation: no MI penalty.")] = False,
-    no_l0: Annotated[bool, typer.Option(help="Ablation: no L0 penalty on the gates.")] = False,
+    no_disentangled: Annotated[
+        bool, typer.Option("--no-disentangled", help="Ablation: no MI penalty.")
+    ] = False,
+    no_l0: Annotated[
+        bool, typer.Option("--no-l0", help="Ablation: no L0 penalty on the gates.")
+    ] = False,
     dense_gates: Annotated[
-        bool, typer.Option(help="Ablation: every field in every pattern.")
+        bool, typer.Option("--dense-gates", help="Ablation: every field in every pattern.")
     ] = False,
     nproc: Annotated[
         int, typer.Option(help="Train in N processes (DDP, launched with torchrun).")

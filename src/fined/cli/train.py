@@ -52,7 +52,9 @@ def train(
         list[str], typer.Option("--set", help="Override KEY=VALUE (train.KEY for the trainer).")
     ] = [],  # noqa: B006
     seed: Annotated[int | None, typer.Option(help="Random seed (train.seed).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue a stopped run in OUT.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a stopped run in OUT.")
+    ] = False,
     kb: Annotated[
         Path | None, typer.Option(help="Feed knowledge from this KB (FINED stage 2).")
     ] = None,

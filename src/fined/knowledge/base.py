@@ -132,6 +132,10 @@ class KnowledgeBase(nn.Module):
         self._last = out
         return self.click_logits(out["v"])
 
+    def embedding_l2(self) -> torch.Tensor:
+        """The trainer's ``embedding_l2`` penalty: the KB's own looked-up field vectors."""
+        return self.extractor.embedding.l2_of_last()
+
     # -- stage-1 losses (the trainer adds these to the BCE) ---------------------------------
     def optimizer_parameters(self) -> list[nn.Parameter]:
         """Everything but the MI estimator's own network, which has its own optimizer."""
