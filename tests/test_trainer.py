@@ -286,3 +286,21 @@ def test_sparse_embeddings_learn_and_update_only_the_rows_looked_up(synthetic, t
     trainer.fit(data, store.load([0, 1], "holdout"), tmp_path / "sparse")
     state = load_checkpoint(tmp_path / "sparse" / "last.safetensors")["optimizer"]
     assert set(state) == {"dense", "sparse"}  # the two-part optimizer checkpoints as one
+
+
+def test_an_embedding_penalty_the_model_cannot_take_is_refused(synthetic) -> None:
+    """``train.embedding_l2`` on a model without the hook must fail, not be skipped."""
+    store = PeriodStore(synthetic)
+    model = build_model("deepfm", store.feature_map, SMALL)
+
+    class Bare(torch.nn.Module):  # the model's function without its penalty hook
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, batch):
+            return self.inner(batch)
+
+    trainer = Trainer(Bare(), TrainConfig(**FAST, embedding_l2=1e-4))
+    with pytest.raises(FinedError, match="embedding_l2"):
+        trainer.fit(store.load([0], "train"), store.load([0], "holdout"))

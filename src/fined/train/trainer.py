@@ -253,6 +253,10 @@ class Trainer:
         params = list(model.parameters())
         sparse = bool(sparse_parameters(model))  # torch's clip_grad_norm_ takes dense only
         l2 = getattr(model, "embedding_l2", None) if c.embedding_l2 > 0 else None
+        if c.embedding_l2 > 0 and l2 is None:
+            raise FinedError(
+                f"train.embedding_l2 is set but {type(model).__name__} has no embedding penalty"
+            )
         total, rows = 0.0, 0
         term_sums: dict[str, float] = {}
         with _Progress(steps, f"epoch {epoch}", c.progress and self.dist.main) as bar:
