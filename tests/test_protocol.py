@@ -223,3 +223,32 @@ def test_streaming_kb_absorbs_each_period_at_a_fixed_size(data_dir, tmp_path) ->
     ]
     assert moved
     assert int(absorbed["kb.id_limits"].max()) > int(built["id_limits"].max())  # knows new ids
+
+
+def test_parallel_chains_give_the_single_process_results(data_dir, tmp_path, capsys) -> None:
+    """``--jobs 2``: two (seed, model) chains in worker processes, sharing the KBs (``fined``
+    and ``fined_rebuild`` of the same seed need the same ones: built once, under a lock),
+    give what one process gives with the workers' thread count (one each here)."""
+    strategies = ["incremental", "fined", "fined_rebuild"]
+    config = write_config(tmp_path / "run.yaml", data_dir, strategies, models=["deepfm", "dcn"])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert main(["run", str(config), "--out", str(tmp_path / "one")]) == 0
+        torch.set_num_threads(2)  # split between the two workers: one each
+        assert main(["run", str(config), "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    timing = ["train_seconds"]
+    parallel = pl.read_csv(tmp_path / "two" / "results.csv").drop(timing)
+    single = pl.read_csv(tmp_path / "one" / "results.csv").drop(timing)
+    assert parallel.equals(single)
+    assert len(parallel) == 2 * len(strategies) * 3  # models x strategies x trained periods
+    built = sorted(p.name for p in (tmp_path / "two" / "kb").iterdir() if p.is_dir())
+    assert built == sorted(p.name for p in (tmp_path / "one" / "kb").iterdir() if p.is_dir())
+    # A worker's error ends the run with its message, as in one process.
+    (tmp_path / "two" / "warmup" / "dcn" / "seed1" / "record.json").write_text("{broken")
+    capsys.readouterr()
+    assert main(["run", str(config), "--out", str(tmp_path / "two"), "--jobs", "2"]) != 0
+    err = capsys.readouterr().err
+    assert "not a valid warm-up record" in err and "Traceback" not in err

@@ -17,6 +17,12 @@ from typing import Any
 
 from fined.errors import FinedError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no POSIX locks; work that needs one refuses to start there
+    fcntl = None
+CAN_LOCK = fcntl is not None
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
@@ -78,3 +84,21 @@ def atomic_dir(out: str | Path, marker: str) -> Iterator[Path]:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive(lock: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (created if missing) across processes: for
+    work that two processes could otherwise do at once into the same place. Without POSIX
+    locks (Windows) it does nothing: only single-process runs are allowed there."""
+    if fcntl is None:
+        yield
+        return
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

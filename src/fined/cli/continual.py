@@ -82,6 +82,12 @@ def run(
     restart: Annotated[
         bool, typer.Option("--restart", help="Discard an earlier run in OUT first.")
     ] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs", min=1, help="Run the (seed, model) chains in N processes (threads split)."
+        ),
+    ] = 1,
 ) -> None:
     """The continual protocol: KB and warm-up on the first periods, then period by period
     train, select on the held-out slice, test on the next period, for every strategy, model
@@ -99,7 +105,7 @@ def run(
     reporter = _Reporter()
     runner = Runner(cfg, root, reporter)
     try:
-        result = runner.run()
+        result = runner.run(jobs)
     finally:
         reporter.close()
     periods = [p.name for p in runner.data.feature_map.periods]

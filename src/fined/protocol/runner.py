@@ -28,7 +28,7 @@ from torch import nn
 
 from fined.data.loader import PeriodStore
 from fined.errors import FinedError
-from fined.io import atomic_write_json, read_json
+from fined.io import atomic_write_json, exclusive, read_json
 from fined.knowledge.base import KBConfig, KnowledgeBase
 from fined.knowledge.store import FORMAT, kb_bytes, load_kb
 from fined.models.base import CTRModel, build_model
@@ -53,7 +53,8 @@ class Runner:
         self.done = 0
 
     # -- set-up ----------------------------------------------------------------------------
-    def _open(self) -> None:
+    def open(self) -> None:
+        """Check or write the run's config, prepare the data if needed, count the cells."""
         self.root.mkdir(parents=True, exist_ok=True)
         # The KB format too: cells and cached KBs of an older layout cannot be resumed.
         resolved = self.config.model_dump(mode="json", exclude={"quick"}) | {"kb_format": FORMAT}
@@ -121,16 +122,18 @@ class Runner:
         through = self.s - 1 if through is None else through
         name = f"{self._kb_key(spec)}-seed{seed}" + (f"-to{through}" if through >= self.s else "")
         directory = self.root / "kb" / name
-        if not (directory / "kb.json").is_file():
-            label = f"knowledge base {spec.label} seed {seed} through {through}"
-            self.progress(self.done, self.total, label, "")
-            config = self.config.kb_config(spec)
-            train = self.config.kb_train_config(seed=seed, progress=False)
-            periods = list(range(through + 1))
-            build_knowledge_base(self.store, periods, config, train, out=directory, resume=True)
-            shutil.rmtree(directory / "checkpoints", ignore_errors=True)
-            if through < self.s:  # rebuilt KBs are part of their cell, not counted apart
-                self._tick(label, "built")
+        # Chains of the same seed in other worker processes (--jobs) may need it at once.
+        with exclusive(self.root / "kb" / f".{name}.lock"):
+            if not (directory / "kb.json").is_file():
+                label = f"knowledge base {spec.label} seed {seed} through {through}"
+                self.progress(self.done, self.total, label, "")
+                config = self.config.kb_config(spec)
+                train = self.config.kb_train_config(seed=seed, progress=False)
+                periods = list(range(through + 1))
+                build_knowledge_base(self.store, periods, config, train, directory, resume=True)
+                shutil.rmtree(directory / "checkpoints", ignore_errors=True)
+                if through < self.s:  # rebuilt KBs are part of their cell, not counted apart
+                    self._tick(label, "built")
         kb, _ = load_kb(directory, self.data.feature_map)
         return kb
 
@@ -249,11 +252,18 @@ class Runner:
         return True
 
     # -- everything -------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        """Run (or finish) every cell; returns the records the outputs are made from."""
-        self._open()
+    def run(self, jobs: int = 1) -> dict[str, Any]:
+        """Run (or finish) every cell; returns the records the outputs are made from. With
+        ``jobs`` > 1 the (seed, model) chains run in worker processes first; the pass below
+        then reads what they wrote, as when a run resumes."""
+        self.open()
         c = self.config
         started = time.perf_counter()
+        if jobs > 1:
+            from fined.protocol.parallel import run_in_workers
+
+            run_in_workers(self, jobs)
+            self.done = 0
         warmups: dict[tuple[str, int], dict[str, Any]] = {}
         records: list[dict[str, Any]] = []
         for seed in c.seeds:

@@ -1,0 +1,92 @@
+"""``fined run --jobs N``: the protocol's (seed, model) chains in N worker processes.
+
+Chains of different seeds or models share nothing but the prepared data (read only) and the
+knowledge bases (built once per variant and seed, under a file lock), and every cell's seed
+is derived from (seed, period): a cell computes the same numbers in a worker as in a single
+process with the same number of threads. The workers split the machine's threads between
+them; the parent relays their progress and re-raises the first error. What they leave is an
+ordinary run directory, which the parent then reads as a resumed run would.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fined.errors import FinedError
+from fined.io import CAN_LOCK
+
+if TYPE_CHECKING:
+    from fined.protocol.config import RunConfig
+    from fined.protocol.runner import Runner
+
+
+def run_in_workers(runner: Runner, jobs: int) -> None:
+    """Run every (seed, model) chain of an opened ``runner`` in ``jobs`` processes."""
+    if not CAN_LOCK:
+        raise FinedError("--jobs above 1 needs POSIX file locks (Linux, macOS); use --jobs 1")
+    c = runner.config
+    groups = [(seed, model) for seed in c.seeds for model in c.models]
+    jobs = min(jobs, len(groups))
+    threads = max(1, torch.get_num_threads() // jobs)
+    # Spawned, not forked: a forked copy of a process with PyTorch's thread pools can hang.
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        messages = manager.Queue()
+        pending: set[Future] = {
+            pool.submit(_chains, c, runner.root, seed, model, threads, messages, worker)
+            for worker, (seed, model) in enumerate(groups)
+        }
+        seen: dict[int, int] = {}
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                _relay(runner, messages, seen)
+                for future in finished:
+                    future.result()  # a worker's error ends the run here
+        except BaseException:
+            for future in pending:
+                future.cancel()  # chains not started yet; running ones finish their cell
+            raise
+        _relay(runner, messages, seen)
+
+
+def _relay(runner: Runner, messages: Any, seen: dict[int, int]) -> None:
+    """Pass the workers' progress on, counting each worker's finished cells once."""
+    while True:
+        try:
+            worker, done, current, result = messages.get_nowait()
+        except queue.Empty:
+            return
+        runner.done += done - seen.get(worker, 0)
+        seen[worker] = done
+        runner.progress(runner.done, runner.total, current, result)
+
+
+def _chains(
+    config: RunConfig,
+    root: Path,
+    seed: int,
+    model: str,
+    threads: int,
+    messages: Any,
+    worker: int,
+) -> None:
+    """One worker: the warm-up and every strategy's chain of one (seed, model)."""
+    from fined.protocol.runner import Runner
+
+    torch.set_num_threads(threads)
+
+    def report(done: int, total: int, current: str, result: str) -> None:
+        messages.put((worker, done, current, result))
+
+    runner = Runner(config, root, report)
+    runner.open()
+    runner.warmup(model, seed)
+    for spec in config.strategies:
+        runner.chain(spec, model, seed)
