@@ -8,7 +8,10 @@ goes to passes over memory rather than to arithmetic:
 
 - attention heads are read as strided views of the fused q/k/v product (no head transposes),
   their scores share one buffer for a single in-place softmax, and each head's output is
-  projected straight into the residual stream (no concatenation);
+  projected straight into the residual stream (no concatenation); the softmax skips the
+  shift by the row maximum when no score can overflow (``short_softmax_``);
+- each layer norm is folded into the product that follows it (its affine into the weights,
+  its statistics taken by products);
 - the gate's fixed parts (the (field, slot) prior, the shift scale, the bias) are folded
   into one ``[F, K]`` offset, and the gate is finished in place;
 - the encoder writes the pooled mean and second-order term into one buffer for its first
@@ -89,7 +92,9 @@ def gates(extractor: KnowledgeExtractor, fields: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def knowledge_means(encoder: KnowledgeEncoder, fields: torch.Tensor, z: torch.Tensor):
+def knowledge_means(
+    encoder: KnowledgeEncoder, fields: torch.Tensor, z: torch.Tensor
+) -> torch.Tensor:
     """``mu [B, K, d]`` of each pattern ``z [B, F, K]`` over ``fields [B, F, d]``."""
     b, _, d = fields.shape
     zt = z.transpose(1, 2)
