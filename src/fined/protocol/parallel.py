@@ -28,11 +28,13 @@ if TYPE_CHECKING:
 
 def run_in_workers(runner: Runner, jobs: int) -> None:
     """Run every (seed, model) chain of an opened ``runner`` in ``jobs`` processes."""
-    if not CAN_LOCK:
-        raise FinedError("--jobs above 1 needs POSIX file locks (Linux, macOS); use --jobs 1")
     c = runner.config
     groups = [(seed, model) for seed in c.seeds for model in c.models]
     jobs = min(jobs, len(groups))
+    if jobs < 2:
+        return  # one chain: the parent's own pass runs it, with every thread
+    if not CAN_LOCK:
+        raise FinedError("--jobs above 1 needs POSIX file locks (Linux, macOS); use --jobs 1")
     threads = max(1, torch.get_num_threads() // jobs)
     # Spawned, not forked: a forked copy of a process with PyTorch's thread pools can hang.
     context = multiprocessing.get_context("spawn")
