@@ -62,17 +62,19 @@ class KnowledgeExtractor(nn.Module):
     def num_fields(self) -> int:
         return self.embedding.num_fields
 
+    def _prior(self) -> torch.Tensor:
+        """The learned (field, slot) prior of the gate logits, ``[F, K]``."""
+        return self.gate_init + PRIOR_SCALE * self.pattern_prior
+
     def gate_offset(self) -> torch.Tensor:
         """The instance-independent part of the gate logits, ``[F, K]`` (the frozen query
         adds the scaled instance-wise shift to it)."""
-        prior = self.gate_init + PRIOR_SCALE * self.pattern_prior
-        return prior + SHIFT_SCALE * self.gate_logits.bias
+        return self._prior() + SHIFT_SCALE * self.gate_logits.bias
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fields = self.embedding(batch)
         context = self.attention(fields + self.field_type)
-        prior = self.gate_init + PRIOR_SCALE * self.pattern_prior
-        log_alpha = prior + SHIFT_SCALE * self.gate_logits(self.context_norm(context))
+        log_alpha = self._prior() + SHIFT_SCALE * self.gate_logits(self.context_norm(context))
         if self.dense_gates:
             return fields, log_alpha, torch.ones_like(log_alpha)
         return fields, log_alpha, self.gate(log_alpha)

@@ -78,15 +78,14 @@ def attention_block_(block: FieldAttentionBlock, x: torch.Tensor) -> torch.Tenso
 def gates(extractor: KnowledgeExtractor, fields: torch.Tensor) -> torch.Tensor:
     """The evaluation gates ``z [B, F, K]`` for field embeddings ``[B, F, d]``."""
     b, f, d = fields.shape
-    offset = extractor.gate_offset()
     if extractor.dense_gates:
-        return fields.new_ones(b, f, offset.shape[-1])
+        return fields.new_ones(b, f, extractor.pattern_prior.shape[-1])
     x = fields + extractor.field_type
     for block in extractor.attention:
         x = attention_block_(block, x)
     weight = SHIFT_SCALE * extractor.gate_logits.weight
     shifts = _normalized_linear(extractor.context_norm, weight, None, x.view(-1, d))
-    log_alpha = shifts.view(b, f, -1).add_(offset)
+    log_alpha = shifts.view(b, f, -1).add_(extractor.gate_offset())
     gate: HardConcreteGate = extractor.gate
     return log_alpha.sigmoid_().mul_(gate.zeta - gate.gamma).add_(gate.gamma).clamp_(0.0, 1.0)
 

@@ -54,11 +54,15 @@ class _ShortSoftmax(torch.autograd.Function):
 _SHORT_ROW = 16
 
 
+def _kernel_is_faster(scores: torch.Tensor) -> bool:
+    return scores.shape[-1] >= _SHORT_ROW or scores.device.type != "cpu"
+
+
 def short_softmax(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the last axis, fast for the short rows of attention over a dozen fields
     or knowledge slots on CPU (same result to 1e-6); longer rows, and other devices, go to
     PyTorch's kernel."""
-    if scores.shape[-1] >= _SHORT_ROW or scores.device.type != "cpu":
+    if _kernel_is_faster(scores):
         return torch.softmax(scores, -1)
     return _ShortSoftmax.apply(scores)
 
@@ -71,7 +75,7 @@ def short_softmax_(scores: torch.Tensor) -> torch.Tensor:
     """``short_softmax`` in place, for inference. Shifting each row by its maximum only guards
     ``exp`` against overflow: when one pass shows every float32 score within +-80, the shift
     (a row-wise reduction over a dozen entries, slow on CPU, and a subtraction) is skipped."""
-    if scores.shape[-1] >= _SHORT_ROW or scores.device.type != "cpu":
+    if _kernel_is_faster(scores):
         return scores.copy_(torch.softmax(scores, -1))
     if not _exp_is_safe(scores):
         scores.sub_(scores.amax(-1, keepdim=True))
