@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from fined.cli import main
-from fined.data.loader import PeriodStore
+from fined.data.loader import PeriodStore, footer_digest
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
 from fined.protocol.data import ProtocolData, batch_bytes
@@ -108,12 +108,18 @@ def _flip_labels(src: Path, dst: Path, period: int) -> None:
     label = table.column("label")
     flipped = pc.subtract(pa.scalar(1, label.type), label)
     pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", flipped), path)
+    # The loader refuses period files that differ from what feature_map.json vouches for:
+    # vouch for the edited one (as a prepare of these rows would).
+    with open(path, "rb") as fh:
+        fmap.periods[period].footer_sha256 = footer_digest(fh)
+    fmap.data_fingerprint = fmap.compute_data_fingerprint()
+    fmap.save(dst)
 
 
 def test_test_period_never_drives_a_choice(data_dir, tmp_path) -> None:
     """Flip every label of P3: the cells trained before it (t = 1, 2) choose the same epochs
     and end with byte-identical weights; only the score on P3 changes (to exactly 1 - AUC)."""
-    flipped = tmp_path / "flipped"
+    flipped = tmp_path / "flipped-data"
     _flip_labels(data_dir, flipped, period=3)
     runs = {}
     for name, data in (("plain", data_dir), ("flipped", flipped)):

@@ -1,7 +1,8 @@
 """The ``fined`` command: the Typer app, shared helpers and the entry point.
 
-Every error a user can cause ends in one line ``error: ...`` and exit code 2; anything else is a
-bug and keeps its traceback.
+Every error a user or their environment can cause ends in one line ``error: ...`` and exit
+code 2 (``main`` is the one boundary where they are caught); anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def load_settings(path: Path | None, sets: list[str]) -> tuple[dict, dict]:
         doc = load_yaml(path) or {}
         if not isinstance(doc, dict):
             raise FinedError(f"{path}: expected a mapping of settings")
-        trainer = dict(doc.pop("train", None) or {})
+        trainer = doc.pop("train", None) or {}
+        if not isinstance(trainer, dict):
+            raise FinedError(f"{path}: train: expected a mapping of trainer settings")
         own = doc
     for key, value in parse_pairs(sets, "--set").items():
         (trainer if key.startswith("train.") else own)[key.removeprefix("train.")] = value
@@ -120,17 +123,47 @@ def record_rank(out: Path, ctx, store=None) -> None:
         atomic_write_json(out / "ranks" / f"rank{ctx.rank}.json", info)
 
 
+def print_error(message: str) -> None:
+    """One line ``error: ...`` on stderr (the message is shown as is, never as markup)."""
+    from rich.text import Text
+
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI, turning user errors into one line and exit code 2."""
+    """Entry point, and the one error boundary: whatever a user or their environment can
+    cause (a bad option or value, a bad file, permission denied, a full disk) ends in one
+    line ``error: ...`` and exit code 2; anything else is a bug and keeps its traceback."""
+    from fined.io import describe_os_error
+
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, prog_name="fined")  # standalone mode: exits through SystemExit
+        done = app(args=argv, prog_name="fined", standalone_mode=False)
+        return done if isinstance(done, int) else 0  # --help and Ctrl-C return their codes
     except FinedError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
+        print_error(str(err))
+    except typer.TyperException as err:  # the command line itself: an unknown option, ...
+        if type(err).__name__ == "NoArgsIsHelpError":
+            err_console.print(err.format_message(), markup=False, highlight=False)
+            return 2
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        print_error(_sentence(err.format_message()) + hint)
+    except OSError as err:  # the environment: permissions, a full disk, a vanished file
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print_error(f"{where}{describe_os_error(err)}")
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    return 0
+    return 2
+
+
+def _sentence(message: str) -> str:
+    """Click's messages as one lower-case clause: ``No such option: --x Did you mean --y?``
+    becomes ``no such option: --x (did you mean --y?)``."""
+    text = " ".join(message.split())
+    head, sep, guess = text.partition(" Did you mean")
+    text = f"{head} (did you mean{guess})" if sep else text
+    return text[:1].lower() + text[1:]
 
 
 def run() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -80,37 +79,29 @@ def run(
         list[str], typer.Option("--set", help="Override a config key: a.b=VALUE.")
     ] = [],  # noqa: B006
     restart: Annotated[
-        bool, typer.Option("--restart", help="Discard an earlier run in OUT first.")
+        bool,
+        typer.Option("--restart", help="Discard an earlier run in OUT first (only what it wrote)."),
     ] = False,
     jobs: Annotated[
         int,
-        typer.Option(
-            "--jobs", min=1, help="Run the (seed, model) chains in N processes (threads split)."
-        ),
+        typer.Option("--jobs", help="Run the (seed, model) chains in N processes (threads split)."),
     ] = 1,
 ) -> None:
     """The continual protocol: KB and warm-up on the first periods, then period by period
     train, select on the held-out slice, test on the next period, for every strategy, model
     and seed. Killed runs continue where they stopped when started again."""
     from fined.protocol.config import load_run_config
-    from fined.protocol.report import write_outputs
     from fined.protocol.runner import Runner
 
+    if jobs < 1:
+        raise FinedError(f"--jobs {jobs}: expected at least 1")
     cfg = load_run_config(config, quick=quick, sets=parse_pairs(set_, "--set"))
     root = out or Path("runs") / (cfg.name + ("-quick" if quick else ""))
-    if restart and root.exists():
-        if not (root / "config.json").is_file():
-            raise FinedError(f"--restart: {root} is not a run directory; not deleting it")
-        shutil.rmtree(root)
     reporter = _Reporter()
-    runner = Runner(cfg, root, reporter)
     try:
-        result = runner.run(jobs)
+        summary = Runner(cfg, root, reporter).run(jobs, restart=restart)
     finally:
         reporter.close()
-    periods = [p.name for p in runner.data.feature_map.periods]
-    summary = write_outputs(root, cfg, result, periods, runner.s)
-    runner.kb_figure(root / "figures" / "kb_patterns.png")
     console.print(_summary_table(cfg.name, summary))
     console.print(f"wrote {root}/report.md, results.csv, summary.csv, forgetting.csv, figures/")
 

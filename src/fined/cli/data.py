@@ -36,9 +36,12 @@ def data_prepare(
         cfg = load_prepare_config(config)
     else:
         cfg = parse_model(PrepareConfig, {"dataset": dataset}, "--dataset")
-    cfg.options.update(parse_pairs(option, "--option"))
+    # Re-validated with the command line's values, so that a bad --chunk-rows is named too.
+    doc = cfg.model_dump(exclude_unset=True)
+    doc["options"] = {**cfg.options, **parse_pairs(option, "--option")}
     if chunk_rows is not None:
-        cfg.chunk_rows = chunk_rows
+        doc["chunk_rows"] = chunk_rows
+    cfg = parse_model(PrepareConfig, doc, "--chunk-rows" if chunk_rows is not None else "config")
 
     with console.status("preparing") as status:
 
@@ -49,9 +52,12 @@ def data_prepare(
 
         fmap = prepare(cfg, out, progress)
     rows = sum(p.rows for p in fmap.periods)
+    skipped = "".join(
+        f"; left out {n:,} row{'s' if n > 1 else ''} {why}" for why, n in fmap.skipped_rows.items()
+    )
     console.print(
         f"wrote {out}: {len(fmap.periods)} periods, {rows:,} rows, "
-        f"{len(fmap.features)} features (fingerprint {fmap.fingerprint})"
+        f"{len(fmap.features)} features (fingerprint {fmap.fingerprint}){skipped}"
     )
 
 

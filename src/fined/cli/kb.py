@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +11,9 @@ import typer
 from rich.table import Table
 
 from fined.cli.app import app, console, launch_workers, load_settings, record_rank
+from fined.errors import FinedError
+
+COMMAND = "kb build"  # the owner named in a knowledge-base directory's marker
 
 kb_app = typer.Typer(no_args_is_help=True, help="Build and inspect knowledge bases.")
 app.add_typer(kb_app, name="kb")
@@ -42,19 +45,41 @@ def build(
     ] = 1,
 ) -> None:
     """Stage 1: memorize past periods into a frozen parametric knowledge base."""
+    from fined.outputs import owned_directory
+    from fined.train import distributed
+
+    # The parent of torchrun's workers (or the only process) holds OUT for the whole build.
+    with nullcontext() if distributed.launched() else owned_directory(out, COMMAND):
+        if (out / "kb.json").exists():
+            raise FinedError(f"{out}: already holds a knowledge base; choose another --out")
+        if launch_workers(nproc, out):
+            console.print(f"{nproc} workers done: {out}")
+            return
+        _build(data, periods, out, config, set_, no_essential, no_disentangled, no_l0, dense_gates)
+
+
+def _build(
+    data: Path,
+    periods: str,
+    out: Path,
+    config: Path | None,
+    sets: list[str],
+    no_essential: bool,
+    no_disentangled: bool,
+    no_l0: bool,
+    dense_gates: bool,
+) -> None:
     from fined.data.loader import PeriodStore
     from fined.data.schema import parse_model
     from fined.knowledge.base import KBConfig
+    from fined.knowledge.store import kb_info
     from fined.train import distributed
     from fined.train.kb import KB_TRAIN_DEFAULTS, build_knowledge_base
     from fined.train.selection import parse_periods
     from fined.train.trainer import TrainConfig
 
-    if launch_workers(nproc, out):
-        console.print(f"{nproc} workers done: {out}")
-        return
     ctx = distributed.setup()
-    kb_over, train_over = load_settings(config, set_)
+    kb_over, train_over = load_settings(config, sets)
     for flag, key, value in (
         (no_essential, "essential", False),
         (no_disentangled, "disentangled", False),
@@ -72,7 +97,7 @@ def build(
     distributed.teardown()
     if not ctx.main:
         return
-    meta = json.loads((out / "kb.json").read_text())
+    meta = kb_info(out)
     console.print(
         f"knowledge base of {kb_cfg.slots} slots x {kb_cfg.dim} built from periods "
         f"{', '.join(meta['period_names'])}: valid AUC {built.fit.best.get('auc', math.nan):.4f} "
@@ -89,9 +114,16 @@ def inspect(
     ] = None,
     rows: Annotated[int, typer.Option(help="At most this many rows.")] = 20_000,
     plot: Annotated[Path | None, typer.Option(help="Write a slots x fields heatmap (PNG).")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the --plot file if it exists.")
+    ] = False,
 ) -> None:
     """The field patterns each slot picks, their order, the L0, the MI between slots."""
     from fined.data.loader import PeriodStore
+    from fined.outputs import check_output_file
+
+    if plot is not None:
+        check_output_file(plot, overwrite, "--plot")
     from fined.knowledge.inspection import inspect_kb, recovery
     from fined.knowledge.store import load_kb
     from fined.train.selection import parse_periods
@@ -122,7 +154,7 @@ def inspect(
 
     truth_path = Path(data) / "ground_truth.json"
     if truth_path.is_file():
-        planted = [p["fields"] for p in json.loads(truth_path.read_text())["patterns"]]
+        planted = _planted_fields(truth_path)
         rec = Table(title="planted patterns (synthetic ground truth)")
         for col in ("planted fields", "best slot", "Jaccard"):
             rec.add_column(col)
@@ -137,3 +169,17 @@ def inspect(
 
         gate_heatmap(ins, plot)
         console.print(f"wrote {plot}")
+
+
+def _planted_fields(path: Path) -> list[list[str]]:
+    """The planted field sets of a synthetic dataset's ``ground_truth.json``."""
+    from fined.io import read_json
+
+    doc = read_json(path, "synthetic ground truth")
+    try:
+        planted = [list(p["fields"]) for p in doc["patterns"]]
+    except (KeyError, TypeError) as err:
+        raise FinedError(f"{path}: malformed ground truth ({err})") from None
+    if not all(isinstance(f, str) for fields in planted for f in fields):
+        raise FinedError(f"{path}: malformed ground truth (field names must be text)")
+    return planted

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from fined.cli.app import app, console, launch_workers, load_settings, record_ra
 from fined.errors import FinedError
 
 RUN_FILE = "run.json"
+COMMAND = "train"  # the owner named in a training run directory's marker
 
 
 def _fmt(v: float | None) -> str:
@@ -72,71 +74,76 @@ def train(
     from fined.data.loader import PeriodStore
     from fined.data.schema import parse_model
     from fined.io import atomic_write_json
+    from fined.outputs import owned_directory
     from fined.train import distributed
     from fined.train.artifact import describe_model, save_model
     from fined.train.selection import make_split
     from fined.train.trainer import TrainConfig, Trainer, seed_everything
 
-    if launch_workers(nproc, out):
-        console.print(f"{nproc} workers done: {out}")
-        return
-    ctx = distributed.setup()
-    if ctx.active and valid.startswith("tail"):
-        raise FinedError("--valid tail needs every row in one process; use holdout or periods")
-    model_over, train_over = load_settings(config, set_)
-    adaptor_over = {
-        k.removeprefix("adaptor."): model_over.pop(k)
-        for k in list(model_over)
-        if k.startswith("adaptor.")
-    }
-    if seed is not None:
-        train_over["seed"] = seed
-    train_cfg = parse_model(TrainConfig, train_over, "train")
-    store = PeriodStore(data, shard=ctx.shard)  # with several ranks, each reads its share
-    split = make_split(store, train_periods, valid, test)
-    seed_everything(train_cfg.seed, train_cfg.deterministic)  # the initial weights too
-    net = _build(store, model, model_over, kb, kb_finetune, adaptor_over, max(split.train_periods))
-    run = {
-        "data": str(data),
-        "fingerprint": store.feature_map.fingerprint,
-        **describe_model(net),
-        "train_config": train_cfg.model_dump(),
-        "train_periods": split.train_periods,
-        "valid": valid,
-        "test_periods": split.test_periods,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    record_rank(out, ctx, store)
-    if ctx.main:  # rank 0 checks and writes the run description
-        _claim_run_dir(out, run, resume)
+    # The parent of torchrun's workers (or the only process) holds OUT for the whole job.
+    with nullcontext() if distributed.launched() else owned_directory(out, COMMAND):
+        if launch_workers(nproc, out):
+            console.print(f"{nproc} workers done: {out}")
+            return
+        ctx = distributed.setup()
+        if ctx.active and valid.startswith("tail"):
+            raise FinedError("--valid tail needs every row in one process; use holdout or periods")
+        model_over, train_over = load_settings(config, set_)
+        adaptor_over = {
+            k.removeprefix("adaptor."): model_over.pop(k)
+            for k in list(model_over)
+            if k.startswith("adaptor.")
+        }
+        if seed is not None:
+            train_over["seed"] = seed
+        train_cfg = parse_model(TrainConfig, train_over, "train")
+        store = PeriodStore(data, shard=ctx.shard)  # with several ranks, each reads its share
+        split = make_split(store, train_periods, valid, test)
+        seed_everything(train_cfg.seed, train_cfg.deterministic)  # the initial weights too
+        last = max(split.train_periods)
+        net = _build(store, model, model_over, kb, kb_finetune, adaptor_over, last)
+        run = {
+            "data": str(data),
+            "data_fingerprint": store.feature_map.data_fingerprint,
+            "fingerprint": store.feature_map.fingerprint,
+            **describe_model(net),
+            "train_config": train_cfg.model_dump(),
+            "train_periods": split.train_periods,
+            "valid": valid,
+            "test_periods": split.test_periods,
+        }
+        record_rank(out, ctx, store)
+        if ctx.main:  # rank 0 checks and writes the run description
+            _describe_run(out, run, resume)
 
-    trainer = Trainer(net, train_cfg)
-    n_train, n_valid = len(split.train), len(split.valid)
-    if ctx.main:
-        share = f" (rank 0 of {ctx.world}: its share)" if ctx.active else ""
-        console.print(
-            f"training {net.model_name} on {n_train:,} rows, validating on {n_valid:,}{share}"
-        )
-    fit = trainer.fit(split.train, split.valid, run_dir=out, resume=resume)
-    results: dict[str, dict[str, float]] = {"valid": fit.best}
-    if split.test is not None:
-        results["test"] = trainer.evaluate(split.test)
-    info = {
-        "train_periods": split.train_periods,
-        "test_periods": split.test_periods,
-        "best_epoch": fit.best_epoch,
-        "metrics": results,
-        "train_samples_per_second": fit.train_samples_per_second,
-    }
-    record_rank(out, ctx, store)
-    if ctx.main:
-        save_model(out, net, info)
-        atomic_write_json(out / "results.json", info)
-        console.print(_metrics_table(f"{net.model_name}: best epoch {fit.best_epoch}", results))
-    distributed.teardown()
+        trainer = Trainer(net, train_cfg)
+        n_train, n_valid = len(split.train), len(split.valid)
+        if ctx.main:
+            share = f" (rank 0 of {ctx.world}: its share)" if ctx.active else ""
+            console.print(
+                f"training {net.model_name} on {n_train:,} rows, validating on {n_valid:,}{share}"
+            )
+        fit = trainer.fit(split.train, split.valid, run_dir=out, resume=resume)
+        results: dict[str, dict[str, float]] = {"valid": fit.best}
+        if split.test is not None:
+            results["test"] = trainer.evaluate(split.test)
+        info = {
+            "train_periods": split.train_periods,
+            "test_periods": split.test_periods,
+            "best_epoch": fit.best_epoch,
+            "metrics": results,
+            "train_samples_per_second": fit.train_samples_per_second,
+        }
+        record_rank(out, ctx, store)
+        if ctx.main:
+            save_model(out, net, info)
+            atomic_write_json(out / "results.json", info)
+            title = f"{net.model_name}: best epoch {fit.best_epoch}"
+            console.print(_metrics_table(title, results))
+        distributed.teardown()
 
 
-def _claim_run_dir(out: Path, run: dict, resume: bool) -> None:
+def _describe_run(out: Path, run: dict, resume: bool) -> None:
     """A new run needs an empty OUT; ``--resume`` needs the same run description."""
     from fined.io import atomic_write_json, read_json
 
@@ -217,6 +224,9 @@ def predict(
     data: Annotated[Path, typer.Option(help="The prepared dataset it was trained on.")],
     periods: Annotated[str, typer.Option(help="Periods to score.")],
     out: Annotated[Path, typer.Option(help="Scores file: .csv or .parquet.")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
+    ] = False,
 ) -> None:
     """Click probabilities for every row of some periods, to CSV or Parquet."""
     import pyarrow as pa
@@ -224,11 +234,13 @@ def predict(
     import pyarrow.parquet as pq
 
     from fined.io import atomic_write_bytes
+    from fined.outputs import check_output_file
     from fined.train.selection import parse_periods
     from fined.train.trainer import Trainer
 
     if out.suffix not in (".csv", ".parquet"):
         raise FinedError(f"--out {out}: use a .csv or .parquet file name")
+    check_output_file(out, overwrite, "--out")
     store, net, meta = _load_run(run, data)
     fmap = store.feature_map
     chosen = parse_periods(periods, fmap)

@@ -1,9 +1,18 @@
 """``feature_map.json``: what a prepared dataset contains, read by every later stage.
 
 It records each feature's kind, source, vocabulary size (overall and as it stood after each
-period), padding/OOV indices and transform, the periods with their row counts, and a
-fingerprint (hash of the schema and vocabulary sizes) that models and knowledge bases store so
-that loading one against different data fails loudly.
+period), padding/OOV indices and transform, the periods with their row counts, and two
+hashes:
+
+- ``fingerprint``: what a trained model depends on (the schema, the vocabularies' sizes and
+  contents, the numeric transforms). Models and knowledge bases store it, so that loading
+  one against data encoded differently fails loudly, even when all sizes agree.
+- ``data_fingerprint``: the whole dataset (the fingerprint, the periods, each period file's
+  Parquet footer digest). A run records it and refuses to resume on changed data; the
+  loader checks each file's footer before reading it.
+
+Both are checked against the document's own contents when it is loaded, so a hand-edited
+feature map is refused; period files must lie inside the dataset's directory.
 """
 
 from __future__ import annotations
@@ -11,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: vocabulary contents in the fingerprint, period footers, skipped rows
 FILE_NAME = "feature_map.json"
 
 
@@ -58,6 +67,7 @@ class PeriodInfo:
     time_min: int
     time_max: int
     new_id_share: dict[str, float] = field(default_factory=dict)
+    footer_sha256: str = ""  # digest of the period file's Parquet footer and size
 
     @property
     def ctr(self) -> float:
@@ -73,20 +83,38 @@ class FeatureMap:
     holdout_fraction: float = 0.1
     fit_periods: int = 1
     time_is_row_number: bool = False
+    vocab_sha256: str = ""  # digest of vocab.json as written
+    skipped_rows: dict[str, int] = field(default_factory=dict)  # rows left out, by reason
     fingerprint: str = ""
+    data_fingerprint: str = ""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if not self.fingerprint:
             self.fingerprint = self.compute_fingerprint()
+        if not self.data_fingerprint:
+            self.data_fingerprint = self.compute_data_fingerprint()
 
     def compute_fingerprint(self) -> str:
-        """Hash of everything a trained model depends on: features, kinds, vocab sizes."""
+        """Hash of everything a trained model depends on: features, kinds, vocabularies
+        (sizes by period and contents), transforms."""
         keyed = [
-            (f.name, f.kind, f.source, f.vocab, f.vocab_size, f.max_len, f.transform)
+            (f.name, f.kind, f.source, f.vocab, f.vocab_size, f.vocab_size_by_period, f.max_len,
+             f.transform)
             for f in self.features
-        ]
-        blob = json.dumps({"dataset": self.dataset, "features": keyed}, sort_keys=True)
+        ]  # fmt: skip
+        blob = json.dumps(
+            {"dataset": self.dataset, "features": keyed, "vocab": self.vocab_sha256},
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def compute_data_fingerprint(self) -> str:
+        """Hash of the whole dataset: the fingerprint, every period (rows, files, footers),
+        the settings that shaped the rows and the rows left out."""
+        doc = asdict(self)
+        doc.pop("data_fingerprint")
+        blob = json.dumps(doc, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # -- views used by loaders and models -------------------------------------------------
@@ -133,14 +161,38 @@ class FeatureMap:
         if not Path(directory).is_dir():
             raise FinedError(f"{directory}: no such directory (a prepared dataset was expected)")
         data = read_json(path, "feature map")
+        if not isinstance(data, dict):
+            raise FinedError(f"{path}: malformed feature map (not a JSON object)")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise FinedError(
+                f"{path}: feature-map format {version}, this fined reads format "
+                f"{FORMAT_VERSION}: prepare the dataset again with `fined data prepare`"
+            )
         try:
-            if data.get("format_version") != FORMAT_VERSION:
-                raise FinedError(f"{path}: unsupported format version {data.get('format_version')}")
             data["features"] = [FeatureInfo(**f) for f in data["features"]]
             data["periods"] = [PeriodInfo(**p) for p in data["periods"]]
             fmap = cls(**data)
         except (TypeError, KeyError, AttributeError) as err:
             raise FinedError(f"{path}: malformed feature map ({err})") from None
-        if fmap.compute_fingerprint() != fmap.fingerprint:
+        fmap._check_structure(path)
+        if (
+            fmap.compute_fingerprint() != fmap.fingerprint
+            or fmap.compute_data_fingerprint() != fmap.data_fingerprint
+        ):
             raise FinedError(f"{path}: fingerprint does not match its contents (edited by hand?)")
         return fmap
+
+    def _check_structure(self, path: Path) -> None:
+        """What every later stage assumes: periods numbered 0.., files inside the directory."""
+        if not self.periods:
+            raise FinedError(f"{path}: malformed feature map (no periods)")
+        if [p.index for p in self.periods] != list(range(len(self.periods))):
+            raise FinedError(f"{path}: malformed feature map (periods out of order)")
+        for p in self.periods:
+            file = PurePosixPath(str(p.file))
+            if file.is_absolute() or ".." in file.parts or not file.parts:
+                raise FinedError(
+                    f"{path}: period {p.name}: file {p.file!r} lies outside the dataset's "
+                    "directory; refusing to read it"
+                )

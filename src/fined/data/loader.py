@@ -7,10 +7,12 @@ per-row Python anywhere.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -21,8 +23,27 @@ import torch
 from fined.data.feature_map import FeatureMap
 from fined.data.vocab import OOV
 from fined.errors import FinedError
+from fined.io import describe_os_error
 
 Part = Literal["train", "holdout", "all"]
+
+
+def footer_digest(fh: BinaryIO) -> str:
+    """sha256 of an open Parquet file's footer (schema, row groups, column offsets,
+    statistics) and of its size: a cheap content check that any rewrite of the file changes.
+    Leaves the file positioned at its start."""
+    size = fh.seek(0, os.SEEK_END)
+    if size < 12:
+        raise ValueError("too short for a Parquet file")
+    fh.seek(size - 8)
+    tail = fh.read(8)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or length > size - 12:
+        raise ValueError("no Parquet footer (truncated or overwritten?)")
+    fh.seek(size - 8 - length)
+    footer = fh.read(length)
+    fh.seek(0)
+    return hashlib.sha256(footer + size.to_bytes(8, "little")).hexdigest()
 
 
 @dataclass
@@ -121,16 +142,27 @@ class PeriodStore:
 
     def _read(self, i: int, part: Part) -> Batch:
         fmap = self.feature_map
-        path = self.directory / fmap.periods[i].file
-        if not path.is_file():
-            raise FinedError(f"{path}: missing period file (re-run `fined data prepare`)")
-        if self.shard is None:
-            table = pq.read_table(path)
-            if part != "all":
-                mask = table.column("holdout")
-                table = table.filter(mask if part == "holdout" else pc.invert(mask))
-        else:
-            table = self._read_share(i, path, part)
+        info = fmap.periods[i]
+        path = self.directory / info.file
+        if not path.resolve().is_relative_to(self.directory.resolve()):
+            raise FinedError(
+                f"{path}: lies outside {self.directory} (a link?); refusing to read it"
+            )
+        try:
+            # One open file for the check and the read: a file swapped in between (the dataset
+            # prepared again while we read it) cannot pass the check with the old footer.
+            with open(path, "rb") as fh:
+                if footer_digest(fh) != info.footer_sha256:
+                    raise FinedError(
+                        f"{path}: changed since {self.directory / 'feature_map.json'} was "
+                        "written (prepared again, or edited, while in use?); prepare it again"
+                    )
+                table = self._read_table(fh, i, part)
+        except FileNotFoundError:
+            raise FinedError(f"{path}: missing period file (re-run `fined data prepare`)") from None
+        except (OSError, pa.ArrowException, ValueError) as err:
+            why = describe_os_error(err) if isinstance(err, OSError) else str(err)
+            raise FinedError(f"{path}: unreadable period file ({why})") from None
         n = table.num_rows
         id_cols = [_numpy(table, f.name) for f in fmap.id_features]
         float_cols = [_numpy(table, f.name) for f in fmap.float_features]
@@ -152,11 +184,20 @@ class PeriodStore:
             group=group,
         )
 
-    def _read_share(self, i: int, path: Path, part: Part) -> pa.Table:
+    def _read_table(self, fh: BinaryIO, i: int, part: Part) -> pa.Table:
+        if self.shard is not None:
+            return self._read_share(i, fh, part)
+        table = pq.read_table(fh)
+        if part != "all":
+            mask = table.column("holdout")
+            table = table.filter(mask if part == "holdout" else pc.invert(mask))
+        return table
+
+    def _read_share(self, i: int, fh: BinaryIO, part: Part) -> pa.Table:
         """This rank's contiguous share of the period's ``part`` rows, from the row groups
         that hold it (the one-byte ``holdout`` column is read whole to find them)."""
         rank, world = self.shard
-        file = pq.ParquetFile(path)
+        file = pq.ParquetFile(fh)
         if part == "all":
             rows = np.arange(file.metadata.num_rows)
         else:

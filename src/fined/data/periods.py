@@ -2,7 +2,9 @@
 
 A row's *period key* is an integer that orders periods: the calendar unit since the epoch
 (hour, day, Monday-start week, month), the boundary interval, the row block, or a key the
-source supplies. Keys that occur become periods, in increasing order.
+source supplies. Keys that occur become periods, in increasing order. Rows the config puts
+out of every period (before ``start``, after ``end``, outside the boundaries) are counted and
+reported; time stamps outside a plausible window (``earliest`` .. ``latest``) are refused.
 
 Each period keeps its last ``holdout_fraction`` of rows *by time* for validation and for
 measuring forgetting. Ties at the cut time are broken by input order, so the held-out share is
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
@@ -22,10 +25,8 @@ from fined.errors import FinedError
 _UNIT_SECONDS = {"hour": 3600, "day": 86400}
 
 
-def _to_unix(dt) -> int:
+def _to_unix(dt: datetime) -> int:
     """Naive datetimes in configs are read as UTC."""
-    from datetime import timezone
-
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return int(dt.timestamp())
@@ -49,33 +50,58 @@ class PeriodSplitter:
         )
         self.start = _to_unix(spec.start) if spec.start else None
         self.end = _to_unix(spec.end) if spec.end else None
+        self.earliest = _to_unix(spec.earliest)
+        latest = spec.latest or datetime.now(timezone.utc) + timedelta(days=365)
+        self.latest = _to_unix(latest)
 
     def keys(self, time: np.ndarray, period_key: np.ndarray | None = None) -> np.ndarray:
-        """Period key per row; -1 marks rows outside every period (dropped)."""
+        """Period key per row. Calendar keys count units from 1970 (negative before it);
+        with boundaries, -1 marks rows before the first or from the last on."""
         by = self.spec.by
         if by == "key":
             if period_key is None:
                 raise FinedError("periods.by: key needs a source that supplies period keys")
-            keys = period_key.astype(np.int64, copy=True)
-        elif by == "rows":
-            keys = time // self.rows_per_period
-        elif by == "boundaries":
+            return period_key.astype(np.int64, copy=True)
+        if by == "rows":
+            return time // self.rows_per_period
+        if by == "boundaries":
             keys = np.searchsorted(self.bounds, time, side="right") - 1
             keys[keys >= len(self.bounds) - 1] = -1
-        else:
-            local = time + self.offset
-            if by in _UNIT_SECONDS:
-                keys = local // _UNIT_SECONDS[by]
-            elif by == "week":
-                keys = (local // 86400 + 3) // 7  # 1970-01-01 was a Thursday
-            else:  # month
-                keys = local.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)
-        if by not in ("rows", "key"):
-            if self.start is not None:
-                keys[time < self.start] = -1
-            if self.end is not None:
-                keys[time >= self.end] = -1
-        return keys
+            return keys
+        local = time + self.offset
+        if by in _UNIT_SECONDS:
+            return local // _UNIT_SECONDS[by]
+        if by == "week":
+            return (local // 86400 + 3) // 7  # 1970-01-01 was a Thursday
+        return local.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)
+
+    @property
+    def real_time(self) -> bool:
+        """Whether row times are time stamps (not row numbers or source keys)."""
+        return self.spec.by not in ("rows", "key")
+
+    def outside(self, time: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows that fall in no period, by reason (the config put them out on purpose)."""
+        if not self.real_time:
+            return {}
+        out = {}
+        if self.bounds is not None:
+            out["outside periods.boundaries"] = (time < self.bounds[0]) | (time >= self.bounds[-1])
+        if self.start is not None:
+            out["before periods.start"] = time < self.start
+        if self.end is not None:
+            out["at or after periods.end"] = time >= self.end
+        return out
+
+    def implausible(self, time: np.ndarray) -> np.ndarray:
+        """Time stamps outside the plausible window ``[earliest, latest]``."""
+        if not self.real_time:
+            return np.zeros(len(time), dtype=bool)
+        return (time < self.earliest) | (time > self.latest)
+
+    def window_text(self) -> str:
+        show = lambda t: str(np.datetime64(t, "s")).replace("T00:00:00", "")  # noqa: E731
+        return f"{show(self.earliest)} .. {show(self.latest)}"
 
     def name(self, key: int, source_names: dict[int, str] | None = None) -> str:
         by = self.spec.by
@@ -105,10 +131,13 @@ class PeriodSplitter:
                     f"empty period {self.name(missing[0])}: no rows between its boundaries"
                 )
         elif self.spec.by in ("hour", "day", "week", "month") and not self.spec.allow_gaps:
-            gaps = sorted(set(range(keys[0], keys[-1] + 1)) - set(keys))
-            if gaps:
+            # From the keys that occur, never from the range between the extremes (one outlier
+            # would make that range as large as memory).
+            jumps = np.flatnonzero(np.diff(np.asarray(keys, dtype=np.int64)) > 1)
+            if jumps.size:
+                gap = int(keys[int(jumps[0])]) + 1
                 raise FinedError(
-                    f"empty period {self.name(gaps[0])}: no rows between {names[keys[0]]} and "
+                    f"empty period {self.name(gap)}: no rows between {names[keys[0]]} and "
                     f"{names[keys[-1]]} (set periods.allow_gaps: true to skip empty periods)"
                 )
         for k in keys:

@@ -1,7 +1,9 @@
 """``fined data prepare``: two streaming passes from a raw source to encoded periods.
 
 Pass 1 counts rows and ids per period, keeps the time stamps (8 bytes a row) for the held-out
-cuts and a bounded sample of each numeric feature. Between the passes the periods, holdout
+cuts and a bounded sample of each numeric feature; rows that fall in no period are counted
+by reason (and a missing or implausible time stamp stops the job unless the config says to
+skip such rows). Between the passes the periods, holdout
 cuts, append-only vocabularies and numeric transforms are fixed. Pass 2 encodes each chunk
 and appends it to its period's Parquet file. Memory is bounded by the chunk size, the
 vocabularies and the time stamps; no raw file is ever held whole.
@@ -9,6 +11,8 @@ vocabularies and the time stamps; no raw file is ever held whole.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,21 +21,25 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fined.data.datasets import RawSource, open_source
 from fined.data.encoding import RowEncoder, column, last_items
-from fined.data.feature_map import FILE_NAME, FeatureInfo, FeatureMap, PeriodInfo
+from fined.data.feature_map import FeatureInfo, FeatureMap, PeriodInfo
+from fined.data.loader import footer_digest
 from fined.data.numeric import BottomKSample, NumericTransform
 from fined.data.periods import HoldoutCut, PeriodSplitter
 from fined.data.schema import FeatureSpec, PrepareConfig, check_features
 from fined.data.vocab import OOV, Vocabulary, count_ids, grow_vocabulary, merge_counts
 from fined.errors import FinedError
-from fined.io import atomic_dir, atomic_write_json
+from fined.io import atomic_write_json, atomic_write_text
+from fined.outputs import replaced_directory
 
 Progress = Callable[[str, int], None]  # (stage, rows done so far)
 _NUMERIC_SAMPLE = 200_000  # values kept per numeric feature and period to fit quantiles
 _FLUSH_ROWS = 262_144  # rows buffered per period before a Parquet row group is written
+COMMAND = "data prepare"  # the owner named in a prepared directory's marker
 
 
 @dataclass
@@ -42,6 +50,7 @@ class _Scan:
     times: dict[int, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
     counts: dict[str, list[pl.DataFrame]] = field(default_factory=lambda: defaultdict(list))
     samples: dict[tuple[str, int], BottomKSample] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # by reason
 
 
 def prepare(config: PrepareConfig, out: str | Path, progress: Progress | None = None) -> FeatureMap:
@@ -63,7 +72,8 @@ def _prepare(
         total = sum(b.num_rows for b in source.batches(config.chunk_rows))
     splitter = PeriodSplitter(spec, total)
 
-    with atomic_dir(out, FILE_NAME) as tmp:
+    job = {"job": config.model_dump(mode="json")}  # what made it: a run compares before reuse
+    with replaced_directory(out, COMMAND, job) as tmp:
         scan = _scan(source, splitter, config, progress)
         keys = sorted(scan.rows)
         source_names = source.period_names()
@@ -86,6 +96,8 @@ def _prepare(
             source, splitter, encoder, cuts, ordinal, names, scan.rows, tmp, config, progress
         )
 
+        vocab_text = json.dumps({k: v.to_json() for k, v in vocabs.items()}, indent=2) + "\n"
+        atomic_write_text(tmp / "vocab.json", vocab_text)
         fmap = FeatureMap(
             dataset=source.name,
             features=[_feature_info(f, vocabs, transforms) for f in source.features],
@@ -94,26 +106,72 @@ def _prepare(
             holdout_fraction=spec.holdout_fraction,
             fit_periods=min(config.fit_periods, len(keys)),
             time_is_row_number=spec.by in ("rows", "key"),
+            vocab_sha256=hashlib.sha256(vocab_text.encode()).hexdigest(),
+            skipped_rows=dict(scan.skipped),
         )
-        atomic_write_json(tmp / "vocab.json", {k: v.to_json() for k, v in vocabs.items()})
         for name, doc in source.extra_files().items():
             atomic_write_json(tmp / name, doc)
         fmap.save(tmp)
     return fmap
 
 
-def _period_keys(
+def _assign(
     batch: pa.RecordBatch, splitter: PeriodSplitter, row0: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row time and period key (-1: outside every period)."""
-    if splitter.spec.by == "rows":
-        time = np.arange(row0, row0 + batch.num_rows, dtype=np.int64)
+) -> tuple[pa.RecordBatch, np.ndarray, np.ndarray, dict[str, int]]:
+    """The rows of ``batch`` that fall in a period, their times and period keys, and how many
+    rows were left out, by reason. ``row0``: the input row number of the batch's first row."""
+    n = batch.num_rows
+    spec = splitter.spec
+    if spec.by == "rows":
+        time, missing = np.arange(row0, row0 + n, dtype=np.int64), np.zeros(n, dtype=bool)
     else:
-        time = column(batch, "time").to_numpy(zero_copy_only=False).astype(np.int64)
+        col = column(batch, "time")
+        missing = col.is_null().to_numpy(zero_copy_only=False)
+        time = pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    invalid = {
+        "with no time stamp": missing,
+        f"with a time stamp outside {splitter.window_text()}": splitter.implausible(time)
+        & ~missing,
+    }
+    left_out = np.zeros(n, dtype=bool)
+    dropped: dict[str, int] = {}
+    for reason, mask in invalid.items():
+        if not mask.any():
+            continue
+        if spec.invalid_time == "error":
+            raise FinedError(_invalid_time(row0, mask, time, reason, splitter))
+        dropped[reason] = int(mask.sum())
+        left_out |= mask
     pkey = None
-    if splitter.spec.by == "key":
+    if spec.by == "key":
         pkey = column(batch, "period_key").to_numpy(zero_copy_only=False)
-    return time, splitter.keys(time, pkey)
+    keys = splitter.keys(time, pkey)
+    for reason, mask in splitter.outside(time).items():
+        mask &= ~left_out
+        if mask.any():
+            dropped[reason] = int(mask.sum())
+            left_out |= mask
+    if left_out.any():
+        keep = ~left_out
+        batch, time, keys = batch.filter(pa.array(keep)), time[keep], keys[keep]
+    return batch, time, keys, dropped
+
+
+def _invalid_time(
+    row0: int, mask: np.ndarray, time: np.ndarray, reason: str, splitter: PeriodSplitter
+) -> str:
+    i = int(np.flatnonzero(mask)[0])
+    where = f"row {row0 + i + 1:,} of the input"
+    if reason.startswith("with no"):
+        what = "has no time stamp"
+    else:
+        when = str(np.datetime64(int(time[i]), "s")).replace("T", " ")
+        what = (
+            f"has time stamp {int(time[i])} ({when} UTC), outside the plausible range "
+            f"{splitter.window_text()}; widen it with periods.earliest / periods.latest"
+        )
+    more = f" ({int(mask.sum()):,} such rows in this chunk)" if mask.sum() > 1 else ""
+    return f"{where} {what}{more}; or leave such rows out with periods.invalid_time: skip"
 
 
 def _scan(
@@ -121,10 +179,12 @@ def _scan(
 ) -> _Scan:
     scan = _Scan()
     row0 = 0
-    for batch in source.batches(config.chunk_rows):
-        time, keys = _period_keys(batch, splitter, row0)
-        row0 += batch.num_rows
-        present = np.unique(keys[keys >= 0])
+    for raw in source.batches(config.chunk_rows):
+        batch, time, keys, dropped = _assign(raw, splitter, row0)
+        row0 += raw.num_rows
+        for reason, count in dropped.items():
+            scan.skipped[reason] += count
+        present = np.unique(keys)
         for k in present:
             sel = keys == k
             scan.rows[int(k)] += int(sel.sum())
@@ -145,7 +205,7 @@ def _scan(
             else:
                 part = count_ids(col, keys)
             parts = scan.counts[f.vocab or f.name]
-            parts.append(part.filter(pl.col("period") >= 0))
+            parts.append(part)
             if len(parts) > 32:  # keep memory bounded by the number of distinct (id, period)
                 parts[:] = [merge_counts(parts)]
         if progress:
@@ -245,6 +305,10 @@ class _PeriodWriter:
         if self.writer is not None:
             self.writer.close()
 
+    def digest(self) -> str:
+        with open(self.path, "rb") as fh:
+            return footer_digest(fh)
+
 
 def _write_periods(
     source: RawSource,
@@ -265,12 +329,12 @@ def _write_periods(
     }
     tracked = [f for f in source.features if f.kind == "categorical"]
     row0 = 0
-    for batch in source.batches(config.chunk_rows):
-        time, keys = _period_keys(batch, splitter, row0)
-        row0 += batch.num_rows
+    for raw in source.batches(config.chunk_rows):
+        batch, time, keys, _ = _assign(raw, splitter, row0)
+        row0 += raw.num_rows
         label = column(batch, "label").to_numpy(zero_copy_only=False).astype(np.int8)
         encoded = encoder.encode(batch)
-        for k in np.unique(keys[keys >= 0]):
+        for k in np.unique(keys):
             w = writers[int(k)]
             sel = np.flatnonzero(keys == k)
             hold, w.ties_seen = w.cut.mask(time[sel], w.ties_seen)
@@ -312,6 +376,7 @@ def _write_periods(
                 time_min=w.time_min,
                 time_max=w.time_max,
                 new_id_share={n: c / w.rows for n, c in w.new_ids.items()},
+                footer_sha256=w.digest(),
             )
         )
     return infos

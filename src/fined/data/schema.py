@@ -7,7 +7,7 @@ ends in one clear line, not a traceback.
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -72,6 +72,10 @@ class FeatureSpec(StrictModel):
         return self.kind == "numeric" and self.transform == "scale"
 
 
+def _utc(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
 class PeriodSpec(StrictModel):
     """How rows are cut into consecutive periods, and how much of each is held out.
 
@@ -88,9 +92,17 @@ class PeriodSpec(StrictModel):
     holdout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     min_rows: int = Field(2, ge=2)
     utc_offset_hours: float = 0.0  # calendar units are cut in this local time
-    start: datetime | None = None  # rows before `start` or at/after `end` are dropped
-    end: datetime | None = None
+    start: datetime | None = None  # rows before `start` or at/after `end` are left out
+    end: datetime | None = None  # (counted, and reported by prepare)
     allow_gaps: bool = False  # calendar units with no rows between the first and last
+    # Plausible time stamps: a row outside [earliest, latest] (latest: None = a year from now)
+    # is an error unless `invalid_time: skip`. One outlier (milliseconds read as seconds, a 0
+    # for "unknown") would otherwise make periods nobody meant.
+    earliest: datetime = datetime(1990, 1, 1)
+    latest: datetime | None = None
+    # Rows whose time stamp is missing or implausible: `error` (the default) names the first
+    # and stops; `skip` leaves them out, counted in feature_map.json and in prepare's report.
+    invalid_time: Literal["error", "skip"] = "error"
 
     @model_validator(mode="after")
     def _check(self) -> PeriodSpec:
@@ -100,6 +112,8 @@ class PeriodSpec(StrictModel):
             raise ValueError("boundaries must be in increasing order")
         if self.by == "rows" and (self.n_periods is None) == (self.rows_per_period is None):
             raise ValueError("by: rows needs exactly one of `n_periods` or `rows_per_period`")
+        if self.latest is not None and _utc(self.latest) <= _utc(self.earliest):
+            raise ValueError("latest must come after earliest")
         return self
 
 

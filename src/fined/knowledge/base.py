@@ -79,7 +79,11 @@ class KnowledgeBase(nn.Module):
             if c.disentangled and c.slots > 1
             else None
         )
-        self._q_optimizer: torch.optim.Optimizer | None = None
+        # The estimator's network learns in alternation with the KB, with its own optimizer;
+        # the trainer checkpoints it (``auxiliary_optimizers``) so that a resumed build is
+        # the uninterrupted one.
+        estimator = self._estimator_parameters()
+        self.q_optimizer = torch.optim.Adam(estimator, lr=c.club_lr) if estimator else None
         # Training steps seen (a buffer, so that a resumed build ramps the L0 weight alike).
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self._last: dict[str, torch.Tensor] = {}
@@ -171,17 +175,23 @@ class KnowledgeBase(nn.Module):
         manage it (``_train_estimator`` averages its gradients over the ranks itself)."""
         return [f"mi.{n}" for n, _ in self.mi.named_parameters()] if self.mi is not None else []
 
+    def _estimator_parameters(self) -> list[nn.Parameter]:
+        if self.mi is None:
+            return []
+        code = list(self.mi.slot_code.parameters()) if self.mi.slot_code is not None else []
+        return list(self.mi.estimator.parameters()) + code
+
+    def auxiliary_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimizers the trainer does not step but checkpoints with its own."""
+        return {"mi": self.q_optimizer} if self.q_optimizer is not None else {}
+
     def _train_estimator(self, v: torch.Tensor) -> None:
         """One step of the estimator's own network on detached vectors (CLUB alternation)."""
-        params = list(self.mi.estimator.parameters()) + (
-            list(self.mi.slot_code.parameters()) if self.mi.slot_code is not None else []
-        )
-        if not params:
+        if self.q_optimizer is None:
             return
-        if self._q_optimizer is None:
-            self._q_optimizer = torch.optim.Adam(params, lr=self.config.club_lr)
-        self._q_optimizer.zero_grad(set_to_none=True)
+        params = self._estimator_parameters()
+        self.q_optimizer.zero_grad(set_to_none=True)
         self.mi.learning_loss(v.detach()).backward()
         distributed.average_gradients(params)
-        self._q_optimizer.step()
-        self._q_optimizer.zero_grad(set_to_none=True)
+        self.q_optimizer.step()
+        self.q_optimizer.zero_grad(set_to_none=True)

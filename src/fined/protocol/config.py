@@ -6,6 +6,7 @@ Every section is typed; a bad key or value names its path. ``quick:`` holds over
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from fined.knowledge.adaptor import AdaptorConfig
 from fined.knowledge.base import KBConfig
 from fined.train.kb import KB_TRAIN_DEFAULTS
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # names that are safe as one path component
 Kind = Literal[
     "incremental", "window", "full", "replay", "kd", "fined", "fined_streaming", "fined_rebuild"
 ]
@@ -54,6 +56,17 @@ class StrategySpec(StrictModel):
         self.label = self.label or self.kind
         return self
 
+    @field_validator("label")
+    @classmethod
+    def _a_name(cls, label: str) -> str:
+        # Labels name directories of the run: a path ("../x", "/tmp/x") would write outside it.
+        if label and not NAME.fullmatch(label):
+            raise ValueError(
+                f"{label!r} is not a name: use letters, digits and _ - . + (starting with a "
+                "letter or digit), not a path"
+            )
+        return label
+
     @property
     def uses_kb(self) -> bool:
         return self.kind.startswith("fined")
@@ -79,7 +92,7 @@ class DataSpec(StrictModel):
 
 
 class RunConfig(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # default run directory name
     data: DataSpec
     kb_periods: int = Field(ge=1)  # s: the KB (and every model's warm-up) learn P0..P(s-1)
     last_period: str | int | None = None  # use the periods up to this one (None: all)

@@ -63,3 +63,7 @@ class Distilled(nn.Module):
 
     def embedding_l2(self) -> torch.Tensor:
         return self.student.embedding_l2()
+
+    def auxiliary_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        own = getattr(self.student, "auxiliary_optimizers", None)
+        return own() if own is not None else {}

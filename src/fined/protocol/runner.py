@@ -8,9 +8,14 @@ the held-out slices of P_0..P_t (row t of the forgetting matrix). The test perio
 scored, never used for a choice.
 
 Every finished (strategy, model, seed, period) cell leaves ``model.safetensors`` and
-``record.json`` (written last: its presence marks the cell done); a cell cut short resumes
-from the trainer's last epoch checkpoint. So a killed run, started again, ends with the same
+``record.json`` (written last: its presence marks the cell done, and it holds the weights'
+sha256, checked whenever they are read); a cell cut short resumes from the trainer's last
+epoch checkpoint, a KB build from its own. So a killed run, started again, ends with the same
 numbers. Seeds are derived from (seed, period), never from how far a previous process got.
+
+The run directory is claimed and locked for the run's life (``fined.outputs``); everything
+the config implies is checked before ``config.json`` is written, and a run refuses to resume
+on a changed config or changed data.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
 from torch import nn
 
 from fined.data.loader import PeriodStore
@@ -32,18 +36,33 @@ from fined.io import atomic_write_json, exclusive, read_json
 from fined.knowledge.base import KBConfig, KnowledgeBase
 from fined.knowledge.store import FORMAT, kb_bytes, load_kb
 from fined.models.base import CTRModel, build_model
+from fined.outputs import owned_directory, read_marker
 from fined.protocol.config import RunConfig, StrategySpec
 from fined.protocol.data import ProtocolData
 from fined.protocol.strategies import STRATEGIES
+from fined.train.kb import check_l0_ramp
 from fined.train.trainer import Trainer, seed_everything
-from fined.weights import save_weights
+from fined.weights import read_weights, save_weights
 
 RECORD, WEIGHTS = "record.json", "model.safetensors"
+COMMAND = "run"  # the owner named in a run directory's marker
+# Everything a run writes at the top of its directory: what --restart deletes (nothing else).
+ENTRIES = (
+    "config.json", "data", "kb", "warmup", "cells", "results.csv", "forgetting.csv",
+    "summary.csv", "report.md", "figures",
+)  # fmt: skip
 Progress = Callable[[int, int, str, str], None]  # (done, total, current step, last result)
 
 
 def step_seed(seed: int, period: int) -> int:
     return seed * 1000 + period
+
+
+def _digest(path: Path, record: dict[str, Any]) -> str:
+    digest = record.get("weights_sha256") if isinstance(record, dict) else None
+    if not isinstance(digest, str):
+        raise FinedError(f"{path}: no weights_sha256 (not a complete cell record)")
+    return digest
 
 
 class Runner:
@@ -54,21 +73,32 @@ class Runner:
 
     # -- set-up ----------------------------------------------------------------------------
     def open(self) -> None:
-        """Check or write the run's config, prepare the data if needed, count the cells."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Check the config against an earlier start, prepare the data if needed, check
+        everything the config implies against the data, then write ``config.json``. Called
+        with the directory claimed (``run``), or in a worker of a run that holds it."""
+        c = self.config
         # The KB format too: cells and cached KBs of an older layout cannot be resumed.
-        resolved = self.config.model_dump(mode="json", exclude={"quick"}) | {"kb_format": FORMAT}
-        stored = self.root / "config.json"
-        if stored.is_file() and read_json(stored, "run config") != resolved:
+        resolved = c.model_dump(mode="json", exclude={"quick"}) | {"kb_format": FORMAT}
+        stored_path = self.root / "config.json"
+        stored = read_json(stored_path, "run config") if stored_path.exists() else None
+        if (
+            stored is not None
+            and {k: v for k, v in stored.items() if k != "data_fingerprint"} != resolved
+        ):
             raise FinedError(
                 f"{self.root} holds a run with a different config "
                 "(choose another --out, or --restart to discard it)"
             )
-        atomic_write_json(stored, resolved)
         self.store = self._store()
         self.data = ProtocolData(self.store)
         fmap = self.store.feature_map
-        c = self.config
+        resolved["data_fingerprint"] = fmap.data_fingerprint
+        if stored is not None and stored.get("data_fingerprint") != fmap.data_fingerprint:
+            raise FinedError(
+                f"{self.root}: the data changed since this run started (fingerprint "
+                f"{stored.get('data_fingerprint')}, now {fmap.data_fingerprint}); restore it, "
+                "or --restart to discard the run"
+            )
         last = (
             fmap.period_index(c.last_period) if c.last_period is not None else len(fmap.periods) - 1
         )
@@ -79,20 +109,45 @@ class Runner:
                 f"periods 0..{last} in use (need at least kb_periods + 2)"
             )
         self.steps = list(range(self.s, last))  # trained at t, tested on t + 1
-        kb_default = KBConfig.model_validate(c.kb)
-        self.default_kb_bytes = kb_bytes(KnowledgeBase(fmap, kb_default, self.s - 1))
+        self._check_against_data()
+        self.default_kb_bytes = kb_bytes(
+            KnowledgeBase(fmap, KBConfig.model_validate(c.kb), self.s - 1)
+        )
         kb_keys = {
             (self._kb_key(spec), seed) for spec in c.strategies if spec.uses_kb for seed in c.seeds
         }
         cells = len(c.seeds) * len(c.models) * (1 + len(c.strategies) * len(self.steps))
         self.total = cells + len(kb_keys)
+        if stored is None:
+            atomic_write_json(stored_path, resolved)
+
+    def _check_against_data(self) -> None:
+        """What only the data can tell: every model and KB variant builds on it, and every
+        KB's L0 penalty has finished ramping up before its build stops (hours of warm-up
+        and baselines would otherwise run first)."""
+        c, fmap = self.config, self.data.feature_map
+        for model in c.models:
+            self.base_model(model)
+        kb_rows = sum(p.rows - p.holdout_rows for p in fmap.periods[: self.s])
+        for spec in (x for x in c.strategies if x.uses_kb):
+            kb_config = c.kb_config(spec)
+            try:
+                KnowledgeBase(fmap, kb_config, self.s - 1)
+            except ValueError as err:
+                raise FinedError(f"strategies.{spec.label}.kb: {err}") from None
+            check_l0_ramp(kb_config, c.kb_train_config(), kb_rows)
+            tokens = c.adaptor_config(spec).tokens
+            for model in c.models:
+                self.base_model(model, tokens)
 
     def _store(self) -> PeriodStore:
         data = self.config.data
         if data.prepared is not None:
             return PeriodStore(data.prepared)
         directory = self.root / "data"
-        if not (directory / "feature_map.json").is_file():
+        job = data.prepare.model_dump(mode="json")
+        marker = read_marker(directory) if directory.is_dir() else None
+        if marker is None or marker.get("job") != job:  # none yet, or from another config
             from fined.data.prepare import prepare
 
             self.progress(self.done, 0, "preparing the data", "")
@@ -176,8 +231,7 @@ class Runner:
         return record
 
     def _finish(self, directory: Path, net: nn.Module, record: dict[str, Any]) -> None:
-        save_weights(directory / WEIGHTS, net)
-        record["weights_sha256"] = hashlib.sha256((directory / WEIGHTS).read_bytes()).hexdigest()
+        record["weights_sha256"] = save_weights(directory / WEIGHTS, net)
         atomic_write_json(directory / RECORD, record)  # last: marks the cell done
         shutil.rmtree(directory / "train", ignore_errors=True)
 
@@ -185,7 +239,9 @@ class Runner:
     def chain(self, spec: StrategySpec, model: str, seed: int) -> list[dict[str, Any]]:
         strategy = STRATEGIES[spec.kind](spec, self, model, seed)
         cell = self.root / "cells" / spec.label / model / f"seed{seed}"
-        previous = load_file(str(self.root / "warmup" / model / f"seed{seed}" / WEIGHTS))
+        warmup = self.root / "warmup" / model / f"seed{seed}"
+        done = read_json(warmup / RECORD, "warm-up record")
+        previous = read_weights(warmup / WEIGHTS, _digest(warmup / RECORD, done))
         from_warmup = True
         records = []
         fmap = self.data.feature_map
@@ -197,7 +253,8 @@ class Runner:
                 self._tick(label)
                 continue
             if records:  # the model of t-1, as saved (a resumed run reads the same file)
-                previous = load_file(str(cell / f"t{records[-1]['t']}" / WEIGHTS))
+                before = cell / f"t{records[-1]['t']}"
+                previous = read_weights(before / WEIGHTS, _digest(before / RECORD, records[-1]))
                 from_warmup = False
             self.progress(self.done, self.total, label, "")
             seed_everything(step_seed(seed, t))  # the initial weights of a fresh model
@@ -252,11 +309,22 @@ class Runner:
         return True
 
     # -- everything -------------------------------------------------------------------------
-    def run(self, jobs: int = 1) -> dict[str, Any]:
-        """Run (or finish) every cell; returns the records the outputs are made from. With
+    def run(self, jobs: int = 1, restart: bool = False) -> Any:
+        """Claim and lock the run directory (``restart``: first delete what an earlier run
+        wrote there), run or finish every cell, write the outputs; returns the summary. With
         ``jobs`` > 1 the (seed, model) chains run in worker processes first; the pass below
         then reads what they wrote, as when a run resumes."""
-        self.open()
+        from fined.protocol.report import write_outputs
+
+        with owned_directory(self.root, COMMAND, restart=ENTRIES if restart else None):
+            self.open()
+            result = self._cells(jobs)
+            periods = [p.name for p in self.data.feature_map.periods]
+            summary = write_outputs(self.root, self.config, result, periods, self.s)
+            self.kb_figure(self.root / "figures" / "kb_patterns.png")
+        return summary
+
+    def _cells(self, jobs: int) -> dict[str, Any]:
         c = self.config
         started = time.perf_counter()
         if jobs > 1:

@@ -1,10 +1,11 @@
 """A trained model on disk: ``model.safetensors`` (weights) + ``model.json`` (what it is).
 
 ``model.json`` records the model name and config, the trainer config, the feature-map
-fingerprint, the periods it was trained on and its metrics, and for a FINED model the
-knowledge base's and the adaptor's configs (the KB's weights travel inside the model's, so a
-run directory is self-contained). Loading against a dataset with a different fingerprint
-fails with a clear error.
+fingerprint, the periods it was trained on and its metrics, the weights' sha256, and for a
+FINED model the knowledge base's and the adaptor's configs (the KB's weights travel inside
+the model's, so a run directory is self-contained). It is written after the weights and
+checked against them on load; loading against a dataset with a different fingerprint, or a
+hand-edited description, fails with a clear error.
 """
 
 from __future__ import annotations
@@ -12,18 +13,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from fined.data.feature_map import FeatureMap
 from fined.data.schema import parse_model
 from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
 from fined.knowledge.adaptor import AdaptorConfig, FinedModel
 from fined.knowledge.store import FORMAT as KB_FORMAT
-from fined.knowledge.store import build_kb
+from fined.knowledge.store import KBShape, build_kb
 from fined.models.base import CTRModel, build_model
 from fined.weights import load_weights, save_weights
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
+
+
+class ModelInfo(BaseModel):
+    """What ``model.json`` must hold to rebuild and check a model (other keys: its record)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model: str
+    settings: dict[str, Any] = Field(alias="model_config")
+    knowledge_tokens: int = Field(0, ge=0)
+    fingerprint: str
+    weights_sha256: str
+    kb: KBShape | None = None
+    adaptor: dict[str, Any] | None = None
+    train_periods: list[int] = Field(default_factory=list)
 
 
 def describe_model(model: CTRModel | FinedModel) -> dict[str, Any]:
@@ -47,26 +64,33 @@ def describe_model(model: CTRModel | FinedModel) -> dict[str, Any]:
 
 
 def rebuild_model(meta: dict[str, Any], feature_map: FeatureMap) -> CTRModel | FinedModel:
+    """An untrained model shaped as a (checked) description says."""
+    info = parse_model(ModelInfo, meta, "model description")
     base = build_model(
-        meta["model"],
-        feature_map,
-        meta["model_config"],
-        knowledge_tokens=meta.get("knowledge_tokens", 0),
+        info.model, feature_map, info.settings, knowledge_tokens=info.knowledge_tokens
     )
-    if "kb" not in meta:
+    if info.kb is None:
         return base
-    adaptor = parse_model(AdaptorConfig, meta["adaptor"], "adaptor config")
-    return FinedModel(base, build_kb(meta["kb"], feature_map), adaptor)
+    adaptor = parse_model(AdaptorConfig, info.adaptor or {}, "adaptor config")
+    try:
+        return FinedModel(base, build_kb(info.kb.model_dump(), feature_map), adaptor)
+    except ValueError as err:  # e.g. token counts that disagree
+        raise FinedError(f"model description: {err}") from None
 
 
 def save_model(run_dir: str | Path, model: CTRModel | FinedModel, info: dict[str, Any]) -> None:
+    """The weights, then their description (last: it vouches for them by their digest)."""
     run_dir = Path(run_dir)
-    save_weights(run_dir / WEIGHTS, model)
-    atomic_write_json(run_dir / META, {**describe_model(model), **info})
+    digest = save_weights(run_dir / WEIGHTS, model)
+    atomic_write_json(run_dir / META, {**describe_model(model), "weights_sha256": digest, **info})
 
 
 def read_model_info(run_dir: str | Path) -> dict[str, Any]:
-    return read_json(Path(run_dir) / META, "model description")
+    """``model.json``, checked to hold what a model is rebuilt from."""
+    path = Path(run_dir) / META
+    meta = read_json(path, "model description")
+    parse_model(ModelInfo, meta, str(path))
+    return meta
 
 
 def load_model(
@@ -80,7 +104,10 @@ def load_model(
             f"{run_dir}: trained on data with feature-map fingerprint {meta.get('fingerprint')}, "
             f"but this dataset has {feature_map.fingerprint} (prepare the same data, or retrain)"
         )
-    model = rebuild_model(meta, feature_map)
-    load_weights(run_dir / WEIGHTS, model)
+    try:
+        model = rebuild_model(meta, feature_map)
+    except FinedError as err:
+        raise FinedError(f"{run_dir / META}: {err}") from None
+    load_weights(run_dir / WEIGHTS, model, meta["weights_sha256"])
     model.eval()
     return model, meta

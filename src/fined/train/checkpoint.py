@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from fined.errors import FinedError
 from fined.io import atomic_write_bytes
+from fined.weights import read_safetensors, safetensors_metadata
 
 _TENSOR = "__tensor__"
 _INT_KEYS = "__int_keys__"
@@ -57,15 +57,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint`` (safetensors only, never pickle)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FinedError(f"{path}: no such checkpoint")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise FinedError(f"{path}: not a valid checkpoint ({err})") from None
+    raw, tensors = read_safetensors(path, "checkpoint")
+    meta = safetensors_metadata(path, raw)
     if "fined" not in meta:
         raise FinedError(f"{path}: not a fined checkpoint (no metadata)")
-    return _unflatten(json.loads(meta["fined"]), tensors)
+    try:
+        return _unflatten(json.loads(meta["fined"]), tensors)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise FinedError(f"{path}: malformed checkpoint metadata ({err})") from None

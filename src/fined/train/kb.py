@@ -25,6 +25,22 @@ from fined.train.trainer import FitResult, TrainConfig, Trainer, seed_everything
 KB_TRAIN_DEFAULTS = {"batch_size": 1024, "lr": 3e-3, "epochs": 20, "patience": 3}
 
 
+def check_l0_ramp(config: KBConfig, train: TrainConfig, rows: int) -> int:
+    """Epochs the L0 weight takes to ramp up when a KB trains on ``rows`` rows (0 without an
+    L0 penalty); a ramp that outlasts the build is an error, found before any training."""
+    if not config.sparse or config.dense_gates:
+        return 0
+    steps = max(1, math.ceil(rows / train.batch_size))
+    ramp_epochs = math.ceil(config.l0_warmup_steps / steps)
+    if ramp_epochs >= train.epochs:
+        raise FinedError(
+            f"the L0 penalty ramps up over {config.l0_warmup_steps} steps ({ramp_epochs} "
+            f"epochs of {steps} steps) but training stops after {train.epochs} epochs: "
+            "raise train.epochs or lower l0_warmup_steps"
+        )
+    return ramp_epochs
+
+
 @dataclass
 class BuiltKB:
     kb: KnowledgeBase
@@ -46,16 +62,9 @@ def build_knowledge_base(
     kb = KnowledgeBase(store.feature_map, config, known_through=last)
     rows = store.load(periods, "train", known_through=last)
     # The gates take their final form only once the L0 weight has finished ramping up: no
-    # epoch before that may be selected. (Steps per epoch: all ranks' rows, global batch.)
-    steps = math.ceil(len(rows) * distributed.context().world / train.batch_size)
-    ramp_epochs = math.ceil(config.l0_warmup_steps / steps)
-    if config.sparse and not config.dense_gates:
-        if ramp_epochs >= train.epochs:
-            raise FinedError(
-                f"the L0 penalty ramps up over {config.l0_warmup_steps} steps ({ramp_epochs} "
-                f"epochs of {steps} steps) but training stops after {train.epochs} epochs: "
-                "raise train.epochs or lower l0_warmup_steps"
-            )
+    # epoch before that may be selected. (All ranks' rows: the batch size is global.)
+    ramp_epochs = check_l0_ramp(config, train, len(rows) * distributed.context().world)
+    if ramp_epochs:
         train = train.model_copy(update={"select_after": max(train.select_after, ramp_epochs)})
     trainer = Trainer(kb, train)
     fit = trainer.fit(

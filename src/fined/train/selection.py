@@ -56,6 +56,14 @@ def tail_split(data: Batch, fraction: float) -> tuple[Batch, Batch]:
     return data.take(order[:cut]), data.take(order[cut:])
 
 
+def _fraction(valid: str) -> float:
+    text = valid.split(":", 1)[1]
+    try:
+        return float(text)
+    except ValueError:
+        raise FinedError(f"--valid {valid!r}: {text!r} is not a fraction (e.g. tail:0.1)") from None
+
+
 def make_split(
     store: PeriodStore, train: str, valid: str = "holdout", test: str | None = None
 ) -> Split:
@@ -65,7 +73,7 @@ def make_split(
     if valid == "holdout":
         tr, va = store.load(train_p, "train"), store.load(train_p, "holdout")
     elif valid.startswith("tail"):
-        fraction = float(valid.split(":", 1)[1]) if ":" in valid else fmap.holdout_fraction
+        fraction = _fraction(valid) if ":" in valid else fmap.holdout_fraction
         if not 0 < fraction < 1:
             raise FinedError(f"--valid {valid!r}: the fraction must lie in (0, 1)")
         tr, va = tail_split(store.load(train_p), fraction)

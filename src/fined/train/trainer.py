@@ -155,14 +155,9 @@ class Trainer:
             "best_weights": None,
             "seconds": 0.0,
         }
+        auxiliary = self._auxiliary_optimizers()
         if resume and run_dir is not None and (run_dir / LAST).is_file():
-            ckpt = load_checkpoint(run_dir / LAST)
-            self.model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            torch.set_rng_state(ckpt["rng"])
-            state = ckpt["trainer"]
-            state["best_weights"] = ckpt["best_weights"]
+            state = self._restore(run_dir / LAST, optimizer, scheduler, auxiliary)
         net, batch_size = self._parallel()
         loader = BatchLoader(train, batch_size, shuffle=True, seed=c.seed)
         steps = distributed.min_int(len(loader))  # every rank takes as many steps
@@ -203,7 +198,7 @@ class Trainer:
             state["seconds"] += seconds
             stopped = state["bad_epochs"] >= c.patience
             if run_dir is not None and self.dist.main:
-                self._checkpoint(run_dir, optimizer, scheduler, state)
+                self._checkpoint(run_dir, optimizer, scheduler, auxiliary, state)
             distributed.barrier()  # no rank runs ahead of the checkpoint
             if board is not None:
                 for k, v in row.items():
@@ -284,13 +279,21 @@ class Trainer:
                 bar.advance(total / rows, {k: v / rows for k, v in term_sums.items()})
         return total / max(rows, 1), {k: v / max(rows, 1) for k, v in term_sums.items()}
 
-    def _checkpoint(self, run_dir: Path, optimizer, scheduler, state: dict[str, Any]) -> None:
+    def _auxiliary_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimizers the model steps itself (e.g. CLUB's q-network): checkpointed too."""
+        own = getattr(self.model, "auxiliary_optimizers", None)
+        return own() if own is not None else {}
+
+    def _checkpoint(
+        self, run_dir: Path, optimizer, scheduler, auxiliary, state: dict[str, Any]
+    ) -> None:
         trainer_state = {k: v for k, v in state.items() if k != "best_weights"}
         save_checkpoint(
             run_dir / LAST,
             {
                 "model": self.model.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "auxiliary": {k: opt.state_dict() for k, opt in auxiliary.items()},
                 "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state(),
                 "trainer": trainer_state,
@@ -300,6 +303,32 @@ class Trainer:
         )
         lines = "".join(json.dumps(row) + "\n" for row in state["history"])
         atomic_write_text(run_dir / "metrics.jsonl", lines)
+
+    def _restore(self, path: Path, optimizer, scheduler, auxiliary) -> dict[str, Any]:
+        """Everything a checkpoint holds back in place; returns the trainer's state. A
+        checkpoint that does not fit (edited, or from another run) is a FinedError."""
+        ckpt = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            saved = ckpt.get("auxiliary", {})
+            if set(saved) != set(auxiliary):
+                raise KeyError(f"optimizers {sorted(saved)}, expected {sorted(auxiliary)}")
+            for name, opt in auxiliary.items():
+                opt.load_state_dict(saved[name])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            torch.set_rng_state(ckpt["rng"])
+            state = dict(ckpt["trainer"])
+            state["best_weights"] = ckpt["best_weights"]
+            needed = {"epoch", "best_epoch", "best_score", "bad_epochs", "history", "seconds"}
+            missing = needed - set(state)
+            if missing:
+                raise KeyError(f"trainer state without {sorted(missing)}")
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+            raise FinedError(
+                f"{path}: not a checkpoint of this run ({err}); it cannot be resumed from"
+            ) from None
+        return state
 
     def _tensorboard(self, run_dir: Path | None):
         if not self.config.tensorboard or run_dir is None:

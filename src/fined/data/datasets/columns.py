@@ -42,10 +42,11 @@ def parse_time(values: pa.Array | pa.ChunkedArray, fmt: str, column: str) -> pa.
     """Parse a time column into int64 unix seconds.
 
     ``fmt``: ``unix`` (seconds, fractions floored), ``unix_ms``, ``yymmddhh`` (Avazu's
-    ``hour``), or a strptime format such as ``%Y-%m-%d %H:%M:%S`` (read as UTC).
+    ``hour``), or a strptime format such as ``%Y-%m-%d %H:%M:%S`` (read as UTC). Empty values
+    stay null: what to do with rows without a time stamp is decided where periods are cut.
     """
-    if values.null_count:
-        raise FinedError(f"time column {column!r}: {values.null_count} empty value(s)")
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        values = pc.if_else(pc.equal(values, ""), pa.scalar(None, values.type), values)
     try:
         return _convert_time(values, fmt)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
@@ -68,6 +69,8 @@ def _convert_time(values: pa.Array | pa.ChunkedArray, fmt: str) -> pa.Array:
 
 def _first_unparsable(values: pa.Array | pa.ChunkedArray, fmt: str) -> str:
     for v in values.to_pylist():
+        if v is None:
+            continue
         try:
             _convert_time(pa.array([v]), fmt)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

@@ -123,6 +123,8 @@ def _csv_header(path: Path, delimiter: str) -> list[str]:
             if not chunk:
                 break
             head += chunk
+    if not head.strip():
+        raise FinedError(f"{path}: the file is empty (a header line was expected)")
     line = head.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r")
     return [n.strip() for n in next(csv.reader([line], delimiter=delimiter), [])]
 
@@ -132,6 +134,8 @@ def _as_ids(values: pa.Array, column: str) -> pa.Array:
     t = values.type
     if pa.types.is_dictionary(t):
         return _as_ids(values.dictionary_decode(), column)
+    if t == pa.uint64():  # may exceed int64: as text, losslessly, in the form the user knows
+        return pc.cast(values, pa.string())
     if pa.types.is_integer(t):
         return pc.cast(values, pa.int64())
     if pa.types.is_floating(t):
@@ -146,7 +150,8 @@ def _as_sequence(values: pa.Array, delimiter: str) -> pa.Array:
     """A list column as ``list<int64|string>``, or text split on ``delimiter``."""
     t = values.type
     if pa.types.is_list(t) or pa.types.is_large_list(t):
-        item = pa.int64() if pa.types.is_integer(t.value_type) else pa.string()
+        whole = pa.types.is_integer(t.value_type) and t.value_type != pa.uint64()
+        item = pa.int64() if whole else pa.string()  # uint64 may exceed int64: as text
         return pc.cast(values, pa.list_(item))
     return split_list(values, delimiter)
 
@@ -193,6 +198,12 @@ class TableSource(BaseSource):
         names = {f.name for f in features}
         if user_key is not None and user_key not in names:
             raise FinedError(f"user_key: no feature named {user_key!r}")
+        leak = [f.name for f in features if f.raw_column == options.label]
+        if leak:
+            raise FinedError(
+                f"features.{leak[0]}: reads the label column {options.label!r}; a feature made "
+                "of the label leaks it into the model"
+            )
         if options.time is None and periods.by in _CALENDAR:
             raise FinedError(
                 f"{name}: periods.by: {periods.by} needs a time column (options.time); "
@@ -316,7 +327,7 @@ class TableSource(BaseSource):
         cols["time"] = time
         if key is not None:
             cols["period_key"] = pa.array(np.full(n, key, dtype=np.int64))
-        seconds = time.to_numpy(zero_copy_only=False)
+        seconds = pc.fill_null(time, 0).to_numpy(zero_copy_only=False)  # nulls: left out later
         for f in self.features:
             col = f.raw_column
             if col in self.derived:

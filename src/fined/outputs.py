@@ -1,0 +1,285 @@
+"""Output directories: which are ours, and how we claim, lock, restart and replace them.
+
+One rule for every command that writes a directory (``data prepare``, ``train``, ``kb build``,
+``run``): a directory is ours only if it holds our marker, ``.fined-output.json`` (the command
+that made it, fined's version, an id). A directory that exists, is not empty and has no
+marker is refused, never written into; one made by another command is refused too.
+``--restart`` deletes only the entries its command writes, never what a user put beside them.
+
+A directory is locked while a command works in it (an OS file lock, which the kernel releases
+when the process ends, kill -9 included): a second process on it fails at once, naming the
+holder. A prepared dataset is replaced whole by a swap that leaves the old copy recoverable
+at every instant: if a process dies between the swap's two renames, the next one to look
+puts the old copy back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from fined import __version__
+from fined.errors import FinedError
+from fined.io import (
+    CAN_LOCK,
+    atomic_write_json,
+    describe_os_error,
+    make_temporary_dir,
+    process_alive,
+    read_json,
+    remove_stale,
+    temporary_name,
+)
+
+MARKER = ".fined-output.json"
+LOCK = ".fined.lock"
+_OWN_FILES = {MARKER, LOCK}
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """The marker of directory ``path``, or None when it has none."""
+    file = path / MARKER
+    if not file.exists():
+        return None
+    doc = read_json(file, "fined output marker")
+    if not isinstance(doc, dict) or not isinstance(doc.get("command"), str):
+        raise FinedError(f"{file}: not a valid fined output marker")
+    return doc
+
+
+def _entries(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError as err:
+        raise FinedError(f"{path}: {describe_os_error(err)}") from None
+
+
+def check_claimable(path: Path, command: str) -> dict[str, Any] | None:
+    """The marker of ``path`` when it is ``command``'s output, None when ``path`` does not
+    exist or is empty; anything else is refused with the reason."""
+    if not path.exists():
+        if path.is_symlink():
+            raise FinedError(f"{path}: a symbolic link to nothing; not writing through it")
+        return None
+    if not path.is_dir():
+        raise FinedError(f"{path}: exists and is not a directory")
+    marker = read_marker(path)
+    if marker is None:
+        if set(_entries(path)) <= {LOCK}:
+            return None
+        raise FinedError(
+            f"{path}: exists and is not a fined output (it has no {MARKER}); not writing "
+            "into it: choose another --out, or an empty directory"
+        )
+    if marker["command"] != command:
+        raise FinedError(
+            f"{path}: holds the output of `fined {marker['command']}`, not of "
+            f"`fined {command}`; choose another --out"
+        )
+    return marker
+
+
+def _make_dirs(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FinedError(f"{path}: cannot be created (a part of the path is a file)") from None
+    except OSError as err:
+        raise FinedError(f"{path}: cannot be created ({describe_os_error(err)})") from None
+
+
+def _write_marker(path: Path, command: str, info: dict[str, Any] | None) -> dict[str, Any]:
+    marker = {
+        "command": command,
+        "fined": __version__,
+        "id": uuid.uuid4().hex,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(info or {}),
+    }
+    atomic_write_json(path / MARKER, marker)
+    return marker
+
+
+def _command_line() -> str:
+    return " ".join(["fined", *sys.argv[1:]]) if sys.argv else "fined"
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, from what the holder wrote into the lock file."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return (
+            f"another fined process (pid {info['pid']}: `{info['command']}`, since {info['since']})"
+        )
+    except (ValueError, KeyError, TypeError, OSError):
+        return "another fined process"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold ``path``'s lock file for the block; fail at once if another process holds it."""
+    if not CAN_LOCK:
+        yield
+        return
+    import fcntl
+
+    try:
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise FinedError(f"{path / LOCK}: {describe_os_error(err)}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FinedError(
+                f"{path}: in use by {_holder(fd)}; wait for it to end, or choose another --out"
+            ) from None
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        info = {"pid": os.getpid(), "command": _command_line(), "since": since}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def owned_directory(
+    path: str | Path,
+    command: str,
+    *,
+    restart: Iterable[str] | None = None,
+    info: dict[str, Any] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Claim ``path`` for ``command`` (creating it), hold its lock for the block and yield
+    its marker. ``restart``: the entries the command writes, deleted first (a fresh start);
+    nothing else in the directory is touched."""
+    path = Path(path)
+    if restart is not None and path.is_symlink():
+        raise FinedError(
+            f"{path}: is a symbolic link; --restart deletes only inside a real directory "
+            "(give the directory it points to)"
+        )
+    check_claimable(path, command)
+    created = not path.exists()
+    _make_dirs(path)
+    with _locked(path):
+        try:
+            marker = check_claimable(path, command)  # again: now nobody else can claim it
+            if restart is not None:
+                for name in restart:
+                    _remove(path / name)
+                    remove_stale(path, name)
+            yield marker or _write_marker(path, command, info)
+        except BaseException:
+            # A start that failed before writing anything leaves no directory behind.
+            if created and set(_entries(path)) <= _OWN_FILES:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_symlink() or entry.is_file():
+        entry.unlink()
+    elif entry.is_dir():
+        shutil.rmtree(entry)
+
+
+def _check_replaceable(out: Path, command: str) -> None:
+    """An existing ``out`` may be replaced only if it holds nothing but what we wrote."""
+    marker = check_claimable(out, command)
+    if marker is None:
+        return
+    foreign = set(_entries(out)) - set(marker.get("entries", [])) - _OWN_FILES
+    if foreign:
+        raise FinedError(
+            f"{out}: holds files fined did not write ({', '.join(sorted(foreign))}); "
+            "not replacing it: move them away, or choose another --out"
+        )
+
+
+@contextlib.contextmanager
+def _parent_locked(parent: Path) -> Iterator[None]:
+    """A short lock on a directory itself, around a swap of one of its entries."""
+    if not CAN_LOCK:
+        yield
+        return
+    import fcntl
+
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def recover_swap(out: Path) -> None:
+    """If ``out`` is missing because a process died in the middle of replacing it, put the
+    previous copy back (it waits, renamed, beside it)."""
+    if out.exists() or out.is_symlink() or not out.parent.is_dir():
+        return
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(\d+)\.[0-9a-f]+\.old$")
+    left = [
+        p
+        for p in out.parent.iterdir()
+        if (m := pattern.match(p.name)) and not process_alive(int(m.group(1)))
+    ]
+    if left:
+        newest = max(left, key=lambda p: p.stat().st_mtime)
+        os.replace(newest, out)
+
+
+@contextlib.contextmanager
+def replaced_directory(
+    out: str | Path, command: str, info: dict[str, Any] | None = None
+) -> Iterator[Path]:
+    """Build a directory in a temporary sibling and swap it in place of ``out`` when the
+    block completes; on error the temporary is removed and ``out`` stays as it was. The
+    marker records the entries written, so a later replacement can tell them from a user's."""
+    out = Path(out)
+    recover_swap(out)
+    _check_replaceable(out, command)
+    _make_dirs(out.parent)
+    remove_stale(out.parent, out.name)
+    tmp = make_temporary_dir(out.parent, out.name)
+    try:
+        yield tmp
+        _write_marker(tmp, command, {**(info or {}), "entries": sorted(_entries(tmp))})
+        with _parent_locked(out.parent):
+            _check_replaceable(out, command)
+            if out.exists():
+                old = out.parent / temporary_name(out.name, "old")
+                os.replace(out, old)
+                os.replace(tmp, out)  # a death just before this line: recover_swap undoes it
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_output_file(path: str | Path, overwrite: bool, option: str) -> Path:
+    """A single file a command is about to write: its directory must exist (no directories
+    are created for it), it must not be a directory, and an existing file is replaced only
+    with ``--overwrite`` or when it lies inside one of our output directories."""
+    path = Path(path)
+    if path.is_dir():
+        raise FinedError(f"{option} {path}: is a directory (a file name was expected)")
+    if not path.parent.is_dir():
+        raise FinedError(f"{option} {path}: no directory {path.parent} (create it first)")
+    if path.exists() and not overwrite and read_marker(path.parent) is None:
+        raise FinedError(
+            f"{option} {path}: exists and fined did not write it; pass --overwrite to replace it"
+        )
+    return path
