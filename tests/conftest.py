@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+
+from fined.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,3 +22,44 @@ def fixtures_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real-format fixtures not found at {path} (set FINED_FIXTURES)")
     return path
+
+
+def write_run_config(path: Path, data: Path, strategies: list, **extra) -> Path:
+    """A small `fined run` config on a prepared directory: DeepFM (emb 8, MLP [32]), one seed,
+    a few epochs, a 4-slot KB of the first period; ``extra`` replaces whole sections."""
+    doc = {
+        "name": "tiny",
+        "data": {"prepared": str(data)},
+        "kb_periods": 1,
+        "models": ["deepfm"],
+        "model_settings": {"deepfm": {"embedding_dim": 8, "mlp": [32]}},
+        "seeds": [1],
+        "strategies": strategies,
+        "train": {"batch_size": 512, "lr": 0.003, "epochs": 3, "patience": 1},
+        "kb": {"slots": 4, "dim": 8, "l0_warmup_steps": 10},
+        "kb_train": {"batch_size": 512, "epochs": 2, "patience": 1},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@contextlib.contextmanager
+def killed_in_epoch(n: int) -> Iterator[None]:
+    """Training inside the block stops at the start of its n-th epoch (from 1) as a kill
+    would: with the checkpoints of the epochs before it on disk, and nothing after."""
+    original = Trainer._train_epoch
+    calls = {"n": 0}
+
+    def dies(self, *args):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    Trainer._train_epoch = dies
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        Trainer._train_epoch = original

@@ -3,7 +3,9 @@ period never driving a choice, and a killed run resuming to the same results."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -19,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import write_run_config
 from fined.cli import main
 from fined.data.loader import PeriodStore, footer_digest
 from fined.data.prepare import prepare
@@ -26,8 +29,6 @@ from fined.data.schema import PrepareConfig
 from fined.protocol.data import ProtocolData, batch_bytes
 from fined.protocol.results import backward_transfer
 from fined.train.metrics import rela_impr
-
-SMALL = {"embedding_dim": 8, "mlp": [32]}
 
 
 @pytest.fixture(scope="module")
@@ -38,28 +39,10 @@ def data_dir(tmp_path_factory) -> Path:
     return out
 
 
-def write_config(path: Path, data: Path, strategies: list, **extra) -> Path:
-    doc = {
-        "name": "tiny",
-        "data": {"prepared": str(data)},
-        "kb_periods": 1,
-        "models": ["deepfm"],
-        "model_settings": {"deepfm": SMALL},
-        "seeds": [1],
-        "strategies": strategies,
-        "train": {"batch_size": 512, "lr": 0.003, "epochs": 3, "patience": 1},
-        "kb": {"slots": 4, "dim": 8, "l0_warmup_steps": 10},
-        "kb_train": {"batch_size": 512, "epochs": 2, "patience": 1},
-        **extra,
-    }
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
 @pytest.fixture(scope="module")
 def finished(data_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("run")
-    config = write_config(root / "run.yaml", data_dir, ["incremental", "fined"])
+    config = write_run_config(root / "run.yaml", data_dir, ["incremental", "fined"])
     assert main(["run", str(config), "--out", str(root / "out")]) == 0
     return root / "out"
 
@@ -123,7 +106,7 @@ def test_test_period_never_drives_a_choice(data_dir, tmp_path) -> None:
     _flip_labels(data_dir, flipped, period=3)
     runs = {}
     for name, data in (("plain", data_dir), ("flipped", flipped)):
-        config = write_config(tmp_path / f"{name}.yaml", data, ["incremental", "kd"])
+        config = write_run_config(tmp_path / f"{name}.yaml", data, ["incremental", "kd"])
         assert main(["run", str(config), "--out", str(tmp_path / name)]) == 0
         runs[name] = tmp_path / name
     for strategy in ("incremental", "kd"):
@@ -146,20 +129,44 @@ def test_test_period_never_drives_a_choice(data_dir, tmp_path) -> None:
         assert t3[0]["weights_sha256"] != t3[1]["weights_sha256"]  # P3 is trained on at t = 3
 
 
-def test_killed_run_resumes_to_the_same_results(data_dir, finished, tmp_path) -> None:
-    config = write_config(tmp_path / "run.yaml", data_dir, ["incremental", "fined"])
+def test_a_run_killed_at_any_moment_resumes_to_the_same_results(
+    data_dir, finished, tmp_path
+) -> None:
+    """SIGKILL, start again, until the run finishes by itself: once after its first cell,
+    once inside the KB build (after the build's first epoch checkpoint), then at random
+    moments. The results equal an uninterrupted run's (timing aside)."""
+    config = write_run_config(tmp_path / "run.yaml", data_dir, ["incremental", "fined"])
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "fined.cli", "run", str(config), "--out", str(out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = out / "cells" / "incremental" / "deepfm" / "seed1" / "t1" / "record.json"
-    deadline = time.time() + 300
-    while not first.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert first.is_file() and not (out / "results.csv").exists()  # killed midway
-    assert main(["run", str(config), "--out", str(out)]) == 0
+
+    def kb_epoch_done() -> bool:
+        return any((out / "kb").glob("*/checkpoints/last.safetensors"))
+
+    moments = random.Random(7)
+    kills, killed_in_kb = 0, False
+    for attempt in range(40):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if attempt < 2:  # the first two kills at chosen moments, the rest at random ones
+            ready = first.is_file if attempt == 0 else kb_epoch_done
+            deadline = time.time() + 300
+            while not ready() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+        else:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # later kills come later
+                proc.wait(timeout=moments.uniform(attempt, attempt + 4.0))
+        if proc.poll() is not None:  # finished (or failed) before the kill
+            assert proc.returncode == 0, proc.stderr.read()
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        if attempt == 0:
+            assert first.is_file() and not (out / "results.csv").exists()  # killed midway
+        if attempt == 1:
+            killed_in_kb = kb_epoch_done() and not any((out / "kb").glob("*/kb.json"))
+    assert kills >= 3 and killed_in_kb, (kills, killed_in_kb)
     timing = ["train_seconds"]
     resumed = pl.read_csv(out / "results.csv").drop(timing)
     reference = pl.read_csv(finished / "results.csv").drop(timing)
@@ -195,7 +202,7 @@ def test_reservoir_is_a_stream_sample_within_its_budget(data_dir) -> None:
 )
 def test_bad_run_configs_fail_clearly(data_dir, tmp_path, capsys, edit, message) -> None:
     base = {"strategies": ["incremental", "fined"]}
-    config = write_config(tmp_path / "bad.yaml", data_dir, **{**base, **edit})
+    config = write_run_config(tmp_path / "bad.yaml", data_dir, **{**base, **edit})
     assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and message in err and "Traceback" not in err
@@ -203,7 +210,7 @@ def test_bad_run_configs_fail_clearly(data_dir, tmp_path, capsys, edit, message)
 
 def test_streaming_kb_absorbs_each_period_at_a_fixed_size(data_dir, tmp_path) -> None:
     strategies = ["incremental", "fined_streaming", "fined_rebuild", "replay", "full"]
-    config = write_config(tmp_path / "run.yaml", data_dir, strategies)
+    config = write_run_config(tmp_path / "run.yaml", data_dir, strategies)
     assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 0
     results = pl.read_csv(tmp_path / "out" / "results.csv")
 
@@ -236,7 +243,7 @@ def test_parallel_chains_give_the_single_process_results(data_dir, tmp_path, cap
     ``fined`` need the one of seed 1: built once, under a lock), give what one process gives
     with the workers' thread count (one each here)."""
     strategies = ["incremental", "fined"]
-    config = write_config(tmp_path / "run.yaml", data_dir, strategies, models=["deepfm", "dcn"])
+    config = write_run_config(tmp_path / "run.yaml", data_dir, strategies, models=["deepfm", "dcn"])
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from conftest import killed_in_epoch
 from fined.cli import main
 from fined.data.loader import PeriodStore
 from fined.data.prepare import prepare
@@ -85,23 +86,10 @@ def _fit(data_dir, run_dir=None, resume=False, **over):
     return model, result
 
 
-def test_resume_after_a_crash_ends_like_an_uninterrupted_run(
-    synthetic, tmp_path, monkeypatch
-) -> None:
+def test_resume_after_a_crash_ends_like_an_uninterrupted_run(synthetic, tmp_path) -> None:
     whole_model, whole = _fit(synthetic, tmp_path / "whole")
-    original = Trainer._train_epoch
-    calls = {"n": 0}
-
-    def dies_in_third_epoch(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # killed half-way through the run
-        return original(self, *args)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", dies_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_epoch(3):  # killed half-way through the run
         _fit(synthetic, tmp_path / "killed")
-    monkeypatch.setattr(Trainer, "_train_epoch", original)
     assert len(load_checkpoint(tmp_path / "killed" / "last.safetensors")["trainer"]["history"]) == 2
     resumed_model, resumed = _fit(synthetic, tmp_path / "killed", resume=True)
     strip = lambda h: [{k: v for k, v in r.items() if k != "train_seconds"} for r in h]  # noqa: E731

@@ -128,16 +128,20 @@ def read_json(path: str | Path, what: str) -> Any:
 
 
 def describe_os_error(err: OSError) -> str:
-    """A short reason for an operating-system error, as a user would say it."""
-    if err.errno in (errno.EACCES, errno.EPERM):
+    """A short reason for an operating-system error, as a user would say it (also for the
+    errors of libraries such as Arrow, which carry the code only in their message)."""
+    code = err.errno
+    if code is None and (found := re.search(r"\[errno (\d+)\]", str(err), re.I)):
+        code = int(found.group(1))
+    if code in (errno.EACCES, errno.EPERM):
         return "permission denied"
-    if err.errno == errno.ENOSPC:
+    if code == errno.ENOSPC:
         return "no space left on device"
-    if err.errno == errno.EDQUOT:
+    if code == errno.EDQUOT:
         return "disk quota exceeded"
-    if err.errno == errno.EFBIG:
+    if code == errno.EFBIG:
         return "file too large (a file-size limit was reached)"
-    if err.errno == errno.EROFS:
+    if code == errno.EROFS:
         return "read-only file system"
     reason = err.strerror or str(err)
     return reason[0].lower() + reason[1:] if reason else "input/output error"

@@ -7,6 +7,7 @@ its traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -127,7 +128,8 @@ def print_error(message: str) -> None:
     """One line ``error: ...`` on stderr (the message is shown as is, never as markup)."""
     from rich.text import Text
 
-    err_console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+    line = " ".join(message.split())  # one line, whatever the message holds
+    err_console.print(Text.assemble(("error:", "bold red"), " ", line), soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +164,12 @@ def _sentence(message: str) -> str:
     becomes ``no such option: --x (did you mean --y?)``."""
     text = " ".join(message.split())
     head, sep, guess = text.partition(" Did you mean")
-    text = f"{head} (did you mean{guess})" if sep else text
+    if sep:
+        text = f"{head} (did you mean{guess})"
+    elif found := re.search(r"\(Possible options: (.+)\)$", text):
+        choices = found.group(1).split(", ")
+        names = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+        text = f"{text[: found.start()].rstrip()} (did you mean {names}?)"
     return text[:1].lower() + text[1:]
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
+from fined.outputs import recover_swap
 
 FORMAT_VERSION = 2  # 2: vocabulary contents in the fingerprint, period footers, skipped rows
 FILE_NAME = "feature_map.json"
@@ -158,6 +159,7 @@ class FeatureMap:
     @classmethod
     def load(cls, directory: str | Path) -> FeatureMap:
         path = Path(directory) / FILE_NAME
+        recover_swap(Path(directory))  # a prepare killed inside its swap: the old copy back
         if not Path(directory).is_dir():
             raise FinedError(f"{directory}: no such directory (a prepared dataset was expected)")
         data = read_json(path, "feature map")
