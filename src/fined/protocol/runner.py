@@ -81,6 +81,8 @@ class Runner:
         resolved = c.model_dump(mode="json", exclude={"quick"}) | {"kb_format": FORMAT}
         stored_path = self.root / "config.json"
         stored = read_json(stored_path, "run config") if stored_path.exists() else None
+        if stored is not None and not isinstance(stored, dict):
+            raise FinedError(f"{stored_path}: not a valid run config (not a JSON object)")
         if (
             stored is not None
             and {k: v for k, v in stored.items() if k != "data_fingerprint"} != resolved
