@@ -59,7 +59,8 @@ def flops_per_row(model, data) -> float:
 
 
 def fined_model(store, kb, model: str, settings: dict, kb_distill: float = 0.0):
-    from fined.knowledge.adaptor import AdaptorConfig, FinedModel
+    from fined.knowledge.adaptor import AdaptorConfig
+    from fined.knowledge.fined_model import FinedModel
     from fined.models import build_model
 
     adaptor = AdaptorConfig(kb_distill=kb_distill)
@@ -109,9 +110,9 @@ def main() -> None:
     from fined.data.loader import PeriodStore
     from fined.data.prepare import prepare
     from fined.data.schema import PrepareConfig
-    from fined.knowledge.base import KBConfig
-    from fined.train.kb import build_knowledge_base
-    from fined.train.trainer import TrainConfig
+    from fined.knowledge.knowledge_base import KBConfig
+    from fined.train.config import TrainConfig
+    from fined.train.kb_builder import build_knowledge_base
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=200_000)

@@ -49,8 +49,9 @@ def run(data: Path, model: str, seed: int) -> dict[str, float]:
     from fined.data.loader import PeriodStore
     from fined.errors import FinedError
     from fined.models import build_model
+    from fined.train.config import TrainConfig
     from fined.train.selection import make_split
-    from fined.train.trainer import TrainConfig, Trainer
+    from fined.train.trainer import Trainer
 
     torch.manual_seed(seed)
     store = PeriodStore(data)

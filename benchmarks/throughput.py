@@ -92,8 +92,9 @@ def run_one(name: str, data_dir: Path, threads: int, layout: str, max_steps: int
 
     from fined.data.loader import BatchLoader, PeriodStore
     from fined.models import build_model
+    from fined.train.config import TrainConfig
     from fined.train.metrics import auc
-    from fined.train.trainer import TrainConfig, Trainer
+    from fined.train.trainer import Trainer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

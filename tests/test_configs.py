@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 
 from fined.cli.app import load_settings
-from fined.data.schema import load_prepare_config, parse_model
-from fined.knowledge.base import KBConfig
+from fined.config import parse_model
+from fined.data.schema import load_prepare_config
+from fined.knowledge.knowledge_base import KBConfig
 from fined.models import model_config
 from fined.protocol.config import load_run_config
-from fined.train.trainer import TrainConfig
+from fined.train.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -18,7 +18,7 @@ from fined.cli import main
 from fined.data.loader import PeriodStore
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
-from fined.knowledge.base import KBConfig
+from fined.knowledge.knowledge_base import KBConfig
 
 SETTINGS = [
     "--set", "embedding_dim=8", "--set", "mlp=[32]", "--set", "train.batch_size=512",
@@ -114,7 +114,7 @@ def test_a_killed_rank_fails_clearly_and_the_job_resumes(data_dir, tmp_path) -> 
 def test_kb_build_runs_under_two_ranks(data_dir, tmp_path) -> None:
     """The KB's CLUB estimator trains outside DDP with averaged gradients; the KB written by
     rank 0 loads in one process and its epoch was selected after the L0 ramp."""
-    from fined.knowledge.store import load_kb
+    from fined.artifacts.kb_store import load_kb
 
     out = tmp_path / "kb"
     args = ["kb", "build", "--data", str(data_dir), "--periods", "0:1", "--out", str(out),

@@ -11,21 +11,23 @@ import pytest
 import safetensors.torch
 import torch
 
+from fined.artifacts.kb_store import load_kb
 from fined.cli import main
 from fined.data.loader import PeriodStore
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
 from fined.data.vocab import OOV
 from fined.errors import FinedError
-from fined.knowledge.adaptor import AdaptorConfig, FinedModel
-from fined.knowledge.base import KBConfig
+from fined.knowledge.adaptor import AdaptorConfig
+from fined.knowledge.fined_model import FinedModel
 from fined.knowledge.inspection import inspect_kb, recovery
-from fined.knowledge.store import load_kb
+from fined.knowledge.knowledge_base import KBConfig
 from fined.models import build_model
-from fined.train.kb import KB_TRAIN_DEFAULTS, build_knowledge_base
-from fined.train.trainer import TrainConfig, Trainer
+from fined.train.config import KBTrainConfig, TrainConfig
+from fined.train.kb_builder import build_knowledge_base
+from fined.train.trainer import Trainer
 
-KB_TRAIN = TrainConfig(**KB_TRAIN_DEFAULTS, progress=False, seed=2)
+KB_TRAIN = KBTrainConfig(progress=False, seed=2)
 STAGE2_TRAIN = TrainConfig(batch_size=1024, lr=3e-3, epochs=10, patience=2, progress=False, seed=1)
 SMALL = {"embedding_dim": 16, "mlp": [128, 64]}
 

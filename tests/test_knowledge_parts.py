@@ -11,12 +11,12 @@ from torch.nn import functional as F
 from fined.data.loader import PeriodStore
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
-from fined.knowledge import frozen
-from fined.knowledge.adaptor import AdaptorConfig, FinedModel, KnowledgeAdaptor
+from fined.knowledge.adaptor import AdaptorConfig, KnowledgeAdaptor
 from fined.knowledge.attention import FieldAttentionBlock
-from fined.knowledge.base import KBConfig, KnowledgeBase
 from fined.knowledge.encoder import KnowledgeEncoder
+from fined.knowledge.fined_model import FinedModel
 from fined.knowledge.gates import HardConcreteGate
+from fined.knowledge.knowledge_base import KBConfig, KnowledgeBase
 from fined.knowledge.regularizers import (
     CLUB,
     HSIC,
@@ -27,6 +27,7 @@ from fined.knowledge.regularizers import (
 )
 from fined.models import build_model
 from fined.models.layers import short_softmax, short_softmax_
+from fined.models.trainable import embedding_penalty
 
 
 def test_hard_concrete_closed_forms() -> None:
@@ -174,14 +175,15 @@ def test_kb_distillation_pulls_towards_the_kbs_own_predictions(tmp_path) -> None
     net = FinedModel(build_model("deepfm", store.feature_map, {}, knowledge_tokens=2), kb, adaptor)
     batch = store.load([1]).slice(0, 256)
     net.train()
-    logits = net(batch)
+    out = net.forward_train(batch)
+    logits = out.logits
     with torch.no_grad():
         expected = 0.3 * F.binary_cross_entropy_with_logits(logits, torch.sigmoid(kb(batch)))
-    assert torch.allclose(net.extra_loss(batch, logits), expected, atol=1e-6)
-    assert net.extra_loss(batch, logits).requires_grad  # it trains the model
+    assert torch.allclose(net.own_loss(batch, out).value, expected, atol=1e-6)
+    assert net.own_loss(batch, out).value.requires_grad  # it trains the model
     net.eval()
-    net(batch)
-    assert float(net.extra_loss(batch, logits)) == 0.0  # evaluation adds nothing
+    out = net.forward_train(batch)
+    assert float(net.own_loss(batch, out).value) == 0.0  # evaluation adds nothing
 
 
 def test_encoder_is_an_mlp_over_pattern_and_slot() -> None:
@@ -195,7 +197,7 @@ def test_encoder_is_an_mlp_over_pattern_and_slot() -> None:
     second = 0.5 * (summed.pow(2) - torch.einsum("bfk,bfd->bkd", z, fields.pow(2)))
     inputs = torch.cat([mean, second, encoder.slot.expand(5, -1, -1)], -1)
     expected = encoder.mu(encoder.body(inputs))
-    assert torch.allclose(frozen.knowledge_means(encoder, fields, z), expected, atol=1e-6)
+    assert torch.allclose(encoder.frozen_means(fields, z), expected, atol=1e-6)
     assert torch.allclose(encoder(fields, z)[1], expected, atol=1e-6)
 
 
@@ -207,7 +209,7 @@ def test_frozen_attention_block_is_the_block(heads: int) -> None:
         torch.nn.init.normal_(p, std=0.4)  # away from the init: every part must matter
     x = torch.randn(64, 12, 16)
     with torch.no_grad():
-        assert torch.allclose(frozen.attention_block_(block, x.clone()), block(x), atol=1e-5)
+        assert torch.allclose(block.forward_frozen_(x.clone()), block(x), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -301,7 +303,7 @@ def test_kb_takes_the_trainers_embedding_penalty(tmp_path) -> None:
     store = PeriodStore(tmp_path)
     kb = KnowledgeBase(store.feature_map, KBConfig(slots=3), known_through=0)
     batch = store.load([0]).slice(0, 128)
-    kb(batch)
+    out = kb.forward_train(batch)
     fields = kb.extractor.embedding(kb._known(batch))
-    assert torch.allclose(kb.embedding_l2(), fields.pow(2).sum() / 128)
-    assert kb.embedding_l2().requires_grad
+    assert torch.allclose(embedding_penalty(out.fields), fields.pow(2).sum() / 128)
+    assert embedding_penalty(out.fields).requires_grad

@@ -20,16 +20,18 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import OneHotEncoder
 
+from fined.artifacts.model_store import load_model, save_model
+from fined.data.batch import Batch
 from fined.data.feature_map import FeatureInfo, FeatureMap
-from fined.data.loader import Batch, PeriodStore
+from fined.data.loader import PeriodStore
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
 from fined.errors import FinedError
 from fined.models import build_model
 from fined.protocol.strategies import load_overlapping
-from fined.train.artifact import load_model, save_model
+from fined.train.config import TrainConfig
 from fined.train.metrics import auc
-from fined.train.trainer import TrainConfig, Trainer
+from fined.train.trainer import Trainer
 
 # name -> (registry name, overrides). Small sizes keep the whole file fast on 2 CPU cores.
 SMALL = {"embedding_dim": 8, "mlp": [64, 64]}

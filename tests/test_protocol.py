@@ -27,7 +27,7 @@ from fined.data.loader import PeriodStore, footer_digest
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
 from fined.protocol.data import ProtocolData, batch_bytes
-from fined.protocol.results import backward_transfer
+from fined.report.tables import backward_transfer
 from fined.train.metrics import rela_impr
 
 

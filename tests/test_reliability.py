@@ -30,9 +30,9 @@ from fined.data.loader import PeriodStore
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
 from fined.errors import FinedError
-from fined.knowledge.base import KBConfig
-from fined.train.kb import build_knowledge_base
-from fined.train.trainer import TrainConfig
+from fined.knowledge.knowledge_base import KBConfig
+from fined.train.config import TrainConfig
+from fined.train.kb_builder import build_knowledge_base
 
 SMALL = {"embedding_dim": 8, "mlp": [16]}
 SYNTHETIC = {"n_rows": 3000, "n_periods": 4, "n_fields": 4, "cardinality": 30, "seed": 1}
@@ -405,7 +405,7 @@ def test_hand_edited_descriptions_end_in_one_error_line(
     one_error(code, err, "kb.json", "periods")
 
     # A checkpoint whose metadata was edited: --resume names it instead of crashing.
-    from fined.train.checkpoint import load_checkpoint, save_checkpoint
+    from fined.artifacts.checkpoint import load_checkpoint, save_checkpoint
 
     resumable = tmp_path / "resumable"
     shutil.copytree(trained, resumable)

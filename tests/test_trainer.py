@@ -9,15 +9,17 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from conftest import killed_in_epoch
+from fined.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from fined.cli import main
 from fined.data.loader import PeriodStore
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
 from fined.errors import FinedError
 from fined.models import build_model
-from fined.train.checkpoint import load_checkpoint, save_checkpoint
+from fined.models.trainable import Trainable
+from fined.train.config import TrainConfig
 from fined.train.metrics import auc, gauc, logloss, rela_impr
-from fined.train.trainer import TrainConfig, Trainer
+from fined.train.trainer import Trainer
 
 SMALL = {"embedding_dim": 8, "mlp": [32, 32]}
 FAST = {"progress": False, "batch_size": 1024, "epochs": 4, "patience": 10, "seed": 3}
@@ -281,7 +283,7 @@ def test_an_embedding_penalty_the_model_cannot_take_is_refused(synthetic) -> Non
     store = PeriodStore(synthetic)
     model = build_model("deepfm", store.feature_map, SMALL)
 
-    class Bare(torch.nn.Module):  # the model's function without its penalty hook
+    class Bare(Trainable):  # the model's function without the field vectors the penalty needs
         def __init__(self) -> None:
             super().__init__()
             self.inner = model

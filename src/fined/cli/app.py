@@ -45,7 +45,7 @@ def parse_pairs(pairs: list[str], flag: str) -> dict:
 def load_settings(path: Path | None, sets: list[str]) -> tuple[dict, dict]:
     """A component's settings and the trainer's: a YAML file (the component's keys at the top
     level, the trainer's under ``train:``), then ``--set key=value`` (``train.key=value``)."""
-    from fined.data.schema import load_yaml
+    from fined.config import load_yaml
 
     own: dict = {}
     trainer: dict = {}
@@ -73,7 +73,7 @@ def launch_workers(nproc: int, out: Path) -> bool:
     import re
     import subprocess
 
-    from fined.train.distributed import launched
+    from fined.distributed import launched
 
     if nproc < 1:
         raise FinedError(f"--nproc {nproc}: expected at least 1")

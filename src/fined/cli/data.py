@@ -27,8 +27,9 @@ def data_prepare(
     chunk_rows: Annotated[int | None, typer.Option(help="Rows per streamed chunk.")] = None,
 ) -> None:
     """Encode a dataset into one Parquet file per period plus feature_map.json."""
+    from fined.config import parse_model
     from fined.data.prepare import prepare
-    from fined.data.schema import PrepareConfig, load_prepare_config, parse_model
+    from fined.data.schema import PrepareConfig, load_prepare_config
 
     if (config is None) == (dataset is None):
         raise FinedError("give either a CONFIG.yaml or --dataset NAME")

@@ -45,8 +45,8 @@ def build(
     ] = 1,
 ) -> None:
     """Stage 1: memorize past periods into a frozen parametric knowledge base."""
+    from fined import distributed
     from fined.outputs import owned_directory
-    from fined.train import distributed
 
     # The parent of torchrun's workers (or the only process) holds OUT for the whole build.
     with nullcontext() if distributed.launched() else owned_directory(out, COMMAND):
@@ -69,14 +69,14 @@ def _build(
     no_l0: bool,
     dense_gates: bool,
 ) -> None:
+    from fined import distributed
+    from fined.artifacts.kb_store import kb_info
+    from fined.config import parse_model
     from fined.data.loader import PeriodStore
-    from fined.data.schema import parse_model
-    from fined.knowledge.base import KBConfig
-    from fined.knowledge.store import kb_info
-    from fined.train import distributed
-    from fined.train.kb import KB_TRAIN_DEFAULTS, build_knowledge_base
+    from fined.knowledge.knowledge_base import KBConfig
+    from fined.train.config import KBTrainConfig
+    from fined.train.kb_builder import build_knowledge_base
     from fined.train.selection import parse_periods
-    from fined.train.trainer import TrainConfig
 
     ctx = distributed.setup()
     kb_over, train_over = load_settings(config, sets)
@@ -89,7 +89,7 @@ def _build(
         if flag:
             kb_over[key] = value
     kb_cfg = parse_model(KBConfig, kb_over, "kb")
-    train_cfg = parse_model(TrainConfig, {**KB_TRAIN_DEFAULTS, **train_over}, "train")
+    train_cfg = parse_model(KBTrainConfig, train_over, "train")
     store = PeriodStore(data, shard=ctx.shard)  # with several ranks, each reads its share
     chosen = parse_periods(periods, store.feature_map)
     built = build_knowledge_base(store, chosen, kb_cfg, train_cfg, out)
@@ -124,8 +124,8 @@ def inspect(
 
     if plot is not None:
         check_output_file(plot, overwrite, "--plot")
+    from fined.artifacts.kb_store import load_kb
     from fined.knowledge.inspection import inspect_kb, recovery
-    from fined.knowledge.store import load_kb
     from fined.train.selection import parse_periods
 
     store = PeriodStore(data)

@@ -71,14 +71,15 @@ def train(
 
     With ``--kb``, the model is fed instance-wise knowledge from a frozen knowledge base
     (``adaptor.*`` keys of ``--set`` tune the adaptor)."""
+    from fined import distributed
+    from fined.artifacts.model_store import describe_model, save_model
+    from fined.config import parse_model
     from fined.data.loader import PeriodStore
-    from fined.data.schema import parse_model
     from fined.io import atomic_write_json
     from fined.outputs import owned_directory
-    from fined.train import distributed
-    from fined.train.artifact import describe_model, save_model
+    from fined.train.config import TrainConfig
     from fined.train.selection import make_split
-    from fined.train.trainer import TrainConfig, Trainer, seed_everything
+    from fined.train.trainer import Trainer, seed_everything
 
     # The parent of torchrun's workers (or the only process) holds OUT for the whole job.
     with nullcontext() if distributed.launched() else owned_directory(out, COMMAND):
@@ -169,10 +170,11 @@ def _build(
     last_train_period: int,
 ):
     """The base model, or the base model fed by a knowledge base (FINED stage 2)."""
-    from fined.data.schema import parse_model
-    from fined.knowledge.adaptor import AdaptorConfig, FinedModel
-    from fined.knowledge.store import load_kb
-    from fined.models.base import build_model
+    from fined.artifacts.kb_store import load_kb
+    from fined.config import parse_model
+    from fined.knowledge.adaptor import AdaptorConfig
+    from fined.knowledge.fined_model import FinedModel
+    from fined.models.ctr_model import build_model
 
     if kb is None:
         if finetune is not None or adaptor_over:
@@ -189,8 +191,8 @@ def _build(
 
 
 def _load_run(run_dir: Path, data: Path):
+    from fined.artifacts.model_store import load_model
     from fined.data.loader import PeriodStore
-    from fined.train.artifact import load_model
 
     store = PeriodStore(data)
     net, meta = load_model(run_dir, store.feature_map)

@@ -27,6 +27,8 @@ from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
 from fined.outputs import recover_swap
 
+PAD, OOV = 0, 1  # the reserved indices of every vocabulary: padding, out-of-vocabulary
+UNLIMITED = 1 << 62  # the id limit of a field without a vocabulary: every id is known
 FORMAT_VERSION = 2  # 2: vocabulary contents in the fingerprint, period footers, skipped rows
 FILE_NAME = "feature_map.json"
 
@@ -138,6 +140,18 @@ class FeatureMap:
     @property
     def sequence_features(self) -> list[FeatureInfo]:
         return [f for f in self.features if f.kind == "sequence"]
+
+    def known_limits(self, period: int) -> tuple[list[int], dict[str, int]]:
+        """What a model trained through ``period`` knows: the vocabulary size then of each id
+        field (in ``Batch.ids`` column order) and of each sequence. Ids at or above it
+        entered later and are out of vocabulary for that model (see ``Batch``)."""
+
+        def limit(name: str) -> int:
+            sizes = self.feature(self.feature(name).vocab).vocab_size_by_period
+            return sizes[period] if sizes else UNLIMITED
+
+        ids = [limit(f.name) for f in self.id_features]
+        return ids, {f.name: limit(f.name) for f in self.sequence_features}
 
     def period_index(self, ref: int | str) -> int:
         """A period by index (negative counts from the end) or by name."""

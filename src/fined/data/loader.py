@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -20,8 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from fined.data.batch import Batch
 from fined.data.feature_map import FeatureMap
-from fined.data.vocab import OOV
 from fined.errors import FinedError
 from fined.io import describe_os_error
 
@@ -44,63 +43,6 @@ def footer_digest(fh: BinaryIO) -> str:
     footer = fh.read(length)
     fh.seek(0)
     return hashlib.sha256(footer + size.to_bytes(8, "little")).hexdigest()
-
-
-@dataclass
-class Batch:
-    """A set of rows as tensors.
-
-    - ``ids``: ``[B, F_id]`` int32, one column per ``FeatureMap.id_features``.
-    - ``floats``: ``[B, F_float]`` float32, one column per ``FeatureMap.float_features``.
-    - ``sequences``: name -> ``[B, L]`` int32 (0 = padding).
-    - ``label``: ``[B]`` float32. ``time``: ``[B]`` int64.
-    - ``group``: ``[B]`` int64 user index for gAUC (raw, never mapped to OOV), or None.
-    """
-
-    ids: torch.Tensor
-    floats: torch.Tensor
-    sequences: dict[str, torch.Tensor]
-    label: torch.Tensor
-    time: torch.Tensor
-    group: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.label.shape[0])
-
-    def _map(self, fn) -> Batch:
-        return Batch(
-            ids=fn(self.ids),
-            floats=fn(self.floats),
-            sequences={k: fn(v) for k, v in self.sequences.items()},
-            label=fn(self.label),
-            time=fn(self.time),
-            group=None if self.group is None else fn(self.group),
-        )
-
-    def take(self, index: torch.Tensor) -> Batch:
-        return self._map(lambda t: t.index_select(0, index))
-
-    def slice(self, start: int, end: int) -> Batch:
-        return self._map(lambda t: t[start:end])
-
-    def to(self, device: torch.device | str) -> Batch:
-        return self._map(lambda t: t.to(device, non_blocking=True))
-
-    @staticmethod
-    def concat(parts: Sequence[Batch]) -> Batch:
-        if len(parts) == 1:
-            return parts[0]
-        first = parts[0]
-        kw = {}
-        for f in fields(Batch):
-            vals = [getattr(p, f.name) for p in parts]
-            if f.name == "sequences":
-                kw[f.name] = {k: torch.cat([v[k] for v in vals]) for k in first.sequences}
-            elif vals[0] is None:
-                kw[f.name] = None
-            else:
-                kw[f.name] = torch.cat(vals)
-        return Batch(**kw)
 
 
 class PeriodStore:
@@ -137,7 +79,8 @@ class PeriodStore:
         parts = [self._read(i, part) for i in index]
         batch = Batch.concat(parts)
         if known_through is not None:
-            batch = self._forget_later_ids(batch, fmap.period_index(known_through))
+            ids, sequences = fmap.known_limits(fmap.period_index(known_through))
+            batch = batch.forget_later_ids(torch.tensor(ids, dtype=torch.long), sequences)
         return batch
 
     def _read(self, i: int, part: Part) -> Batch:
@@ -215,25 +158,6 @@ class PeriodStore:
         groups = [g for g in range(len(sizes)) if starts[g] <= mine[-1] and starts[g + 1] > mine[0]]
         table = file.read_row_groups(groups)
         return table.take(pa.array(mine - starts[groups[0]]))
-
-    def _forget_later_ids(self, batch: Batch, period: int) -> Batch:
-        fmap = self.feature_map
-        owners = {f.name: f for f in fmap.features}
-
-        def limit(name: str) -> int | None:
-            sizes = owners[owners[name].vocab].vocab_size_by_period
-            return sizes[period] if sizes else None
-
-        ids = batch.ids.clone()
-        for j, f in enumerate(fmap.id_features):
-            lim = limit(f.name)
-            if lim is not None:
-                ids[:, j] = torch.where(ids[:, j] >= lim, OOV, ids[:, j])
-        seqs = {}
-        for name, s in batch.sequences.items():
-            lim = limit(name)
-            seqs[name] = torch.where(s >= lim, OOV, s) if lim is not None else s
-        return replace(batch, ids=ids, sequences=seqs)
 
 
 def _numpy(table: pa.Table, name: str) -> np.ndarray:

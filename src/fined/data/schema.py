@@ -11,16 +11,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BeforeValidator, Field, model_validator
 
+from fined.config import StrictModel, load_yaml, parse_model
 from fined.errors import FinedError
 
 FeatureKind = Literal["categorical", "numeric", "sequence"]
@@ -29,12 +22,6 @@ PathText = Annotated[
     str, BeforeValidator(lambda v: os.fspath(v) if isinstance(v, os.PathLike) else v)
 ]
 Source = Literal["user", "item", "context"]
-
-
-class StrictModel(BaseModel):
-    """Base for every config model: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class FeatureSpec(StrictModel):
@@ -151,36 +138,6 @@ def check_features(features: list[FeatureSpec]) -> None:
             )
         if f.kind == "numeric":
             raise FinedError(f"features.{f.name}.vocab: numeric features cannot share a vocabulary")
-
-
-def format_validation_error(err: ValidationError, where: str) -> str:
-    """One line per problem, each naming the key path, e.g. ``periods.by: Input should be ...``."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        parts.append(f"{loc}: {e['msg']}")
-    return f"{where}: " + "; ".join(parts)
-
-
-def parse_model(model: type[BaseModel], data: Any, where: str) -> Any:
-    """Validate ``data`` into ``model`` or raise a FinedError naming the bad keys."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise FinedError(format_validation_error(err, where)) from None
-
-
-def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file; a missing file or a syntax error ends in a FinedError."""
-    path = Path(path)
-    if not path.is_file():
-        raise FinedError(f"{path}: no such file")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise FinedError(f"{path}: invalid YAML{at}: {getattr(err, 'problem', err)}") from None
 
 
 def load_prepare_config(path: str | Path) -> PrepareConfig:

@@ -26,8 +26,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-PAD = 0
-OOV = 1
+from fined.data.feature_map import OOV
+
 # Integer ids below this bound are looked up through a dense table (one gather), above it
 # through Arrow's hash lookup.
 _DENSE_LOOKUP_MAX = 1 << 24

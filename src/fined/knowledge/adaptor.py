@@ -15,12 +15,8 @@ import math
 import torch
 from pydantic import Field
 from torch import nn
-from torch.nn import functional as F
 
-from fined.data.loader import Batch
-from fined.data.schema import StrictModel
-from fined.knowledge.base import KnowledgeBase
-from fined.models.base import CTRModel
+from fined.config import StrictModel
 from fined.models.layers import short_softmax
 
 
@@ -77,81 +73,3 @@ class KnowledgeAdaptor(nn.Module):
         values = self.value.weight.view(self.m, self.d, e).transpose(1, 2)  # [m, e, d]
         tokens = torch.baddbmm(self.value.bias.view(self.m, 1, self.d), pooled, values)
         return tokens.transpose(0, 1) * torch.sigmoid(self.gate(q)).unsqueeze(-1)  # [B, m, d]
-
-
-class FinedModel(nn.Module):
-    """A base CTR model (built with ``knowledge_tokens = m``) fed by a knowledge base."""
-
-    def __init__(self, base: CTRModel, kb: KnowledgeBase, config: AdaptorConfig) -> None:
-        super().__init__()
-        if base.knowledge_tokens != config.tokens:
-            raise ValueError(
-                f"the base model takes {base.knowledge_tokens} knowledge tokens, "
-                f"the adaptor gives {config.tokens}"
-            )
-        self.base, self.kb, self.adaptor_config = base, kb, config
-        self.adaptor = KnowledgeAdaptor(
-            base.embedding.num_fields,
-            base.config.embedding_dim,
-            kb.config.dim,
-            config.tokens,
-            config.attention_dim,
-            config.gate_bias,
-        )
-        self.kb.requires_grad_(config.finetune_lr is not None)
-        self._knowledge: torch.Tensor | None = None
-        self.loss_terms: dict[str, float] = {}
-
-    # The trainer and artefacts look at these, as on any CTRModel.
-    @property
-    def model_name(self) -> str:
-        return self.base.model_name
-
-    @property
-    def feature_map(self):
-        return self.base.feature_map
-
-    def knowledge(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(V, gates)`` for the batch; differentiable only when fine-tuning the KB (in
-        evaluation a fine-tuned KB is deterministic too, and takes the fast frozen path)."""
-        if self.adaptor_config.finetune_lr is None or not self.training:
-            return self.kb.query(batch)
-        out = self.kb.encode(batch)
-        return out["v"], out["z"]
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        fields = self.base.embedding(batch)
-        knowledge = self.knowledge(batch)[0]
-        self._knowledge = knowledge if self.training else None  # for the distillation term
-        tokens = self.adaptor(fields, knowledge)
-        return self.base.interact(torch.cat([fields, tokens], 1), batch)
-
-    def extra_loss(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
-        weight = self.adaptor_config.kb_distill
-        if not weight or self._knowledge is None:
-            self.loss_terms = {}
-            return logits.new_zeros(())
-        with torch.no_grad():
-            past = torch.sigmoid(self.kb.click_logits(self._knowledge))
-        term = F.binary_cross_entropy_with_logits(logits, past)
-        self.loss_terms = {"kb_distill": float(term.detach())}
-        return weight * term
-
-    def train(self, mode: bool = True) -> FinedModel:
-        super().train(mode)
-        if self.adaptor_config.finetune_lr is None:
-            self.kb.eval()  # a frozen KB keeps deterministic gates and v = mu
-        return self
-
-    def embedding_l2(self) -> torch.Tensor:
-        return self.base.embedding_l2()
-
-    def optimizer_parameters(self) -> list[dict]:
-        """The base model and adaptor at the trainer's rate; the KB, when fine-tuned, at its own."""
-        own = [p for n, p in self.named_parameters() if not n.startswith("kb.") and p.requires_grad]
-        groups: list[dict] = [{"params": own}]
-        if self.adaptor_config.finetune_lr is not None:
-            groups.append(
-                {"params": self.kb.optimizer_parameters(), "lr": self.adaptor_config.finetune_lr}
-            )
-        return groups

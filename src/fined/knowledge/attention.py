@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from fined.models.layers import short_softmax
+from fined.models.layers import normalized_linear, short_softmax, short_softmax_
 
 
 class FieldAttentionBlock(nn.Module):
@@ -39,9 +39,45 @@ class FieldAttentionBlock(nn.Module):
         x = x + self.out((weights @ v).transpose(1, 2).reshape(b, f, d))
         return x + self.ffn(self.ffn_norm(x))
 
+    @torch.no_grad()
+    def forward_frozen_(self, x: torch.Tensor) -> torch.Tensor:
+        """``self(x)`` for inference, on a ``[B, F, d]`` tensor the caller owns (overwritten):
+        heads read as strided views of the fused q/k/v product (no transposes), their scores
+        in one buffer for a single in-place softmax, each head projected straight into the
+        residual stream, the score scale folded into the query rows, the layer norms folded
+        into the products that follow them."""
+        b, f, d = x.shape
+        heads, width = self.heads, d // self.heads
+        flat = x.view(-1, d)
+        scale = x.new_ones(3 * d, 1)
+        scale[:d] = 1.0 / math.sqrt(width)
+        weight, bias = self.qkv.weight * scale, self.qkv.bias * scale.squeeze(1)
+        qkv = normalized_linear(self.attention_norm, weight, bias, flat).view(b, f, 3 * d)
+        scores = x.new_empty(heads, b, f, f)
+        for h in range(heads):
+            q = qkv[:, :, h * width : (h + 1) * width]
+            k = qkv[:, :, d + h * width : d + (h + 1) * width]
+            torch.bmm(q, k.transpose(1, 2), out=scores[h])
+        short_softmax_(scores)
+        for h in range(heads):
+            v = qkv[:, :, 2 * d + h * width : 2 * d + (h + 1) * width]
+            head_out = self.out.weight[:, h * width : (h + 1) * width]
+            flat.addmm_(torch.bmm(scores[h], v).view(-1, width), head_out.t())
+        flat.add_(self.out.bias)
+        up, down = self.ffn[0], self.ffn[2]  # the FFN built above: Linear, ReLU, Linear
+        hidden = normalized_linear(self.ffn_norm, up.weight, up.bias, flat).relu_()
+        flat.addmm_(hidden, down.weight.t()).add_(down.bias)
+        return x
+
 
 class FieldAttention(nn.Sequential):
     """``layers`` blocks in sequence."""
 
     def __init__(self, dim: int, heads: int, layers: int) -> None:
         super().__init__(*(FieldAttentionBlock(dim, heads, 2 * dim) for _ in range(layers)))
+
+    def forward_frozen_(self, x: torch.Tensor) -> torch.Tensor:
+        """``self(x)`` for inference, overwriting ``x`` (see the block's)."""
+        for block in self:
+            x = block.forward_frozen_(x)
+        return x

@@ -37,14 +37,13 @@ class KnowledgeEncoder(nn.Module):
         # The first layer sees [mean, second order, slot]; the slot's share of it is the same
         # for every row, so it is computed once per call ([K, h]) instead of concatenating
         # the slot embedding to every row's input. Same function, a third fewer products.
-        first, rest = self.body.net[0], self.body.net[1:]
         pooled = 2 * fields.shape[-1]
-        pattern = F.linear(torch.cat([mean, second_order], -1), first.weight[:, :pooled])
-        return rest(pattern + self.slot_bias())
+        pattern = F.linear(torch.cat([mean, second_order], -1), self.body.first.weight[:, :pooled])
+        return self.body.after_first(pattern + self.slot_bias())
 
     def slot_bias(self) -> torch.Tensor:
         """``[K, h]``: each slot's share of the first layer, its bias included."""
-        first = self.body.net[0]
+        first = self.body.first
         return F.linear(self.slot, first.weight[:, 2 * self.slot.shape[-1] :], first.bias)
 
     def forward(self, fields: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -53,3 +52,22 @@ class KnowledgeEncoder(nn.Module):
         if self.training and self.stochastic:
             return mu + torch.randn_like(mu) * (0.5 * logvar).exp(), mu, logvar
         return mu, mu, logvar
+
+    @torch.no_grad()
+    def frozen_means(self, fields: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``mu [B, K, d]`` of each pattern ``z [B, F, K]`` over ``fields [B, F, d]``, for
+        inference: the pooled mean and second-order term written into one buffer for the
+        first product, the slot's share of that layer added as a ``[K, h]`` bias, the rest in
+        place."""
+        b, _, d = fields.shape
+        zt = z.transpose(1, 2)
+        slots = zt.shape[1]
+        pooled = fields.new_empty(b, slots, 2 * d)
+        summed = torch.bmm(zt, fields)
+        torch.div(summed, zt.sum(-1, keepdim=True).clamp_min_(1e-6), out=pooled[..., :d])
+        squares = torch.bmm(zt.square(), fields.square()).mul_(-0.5)
+        torch.addcmul(squares, summed, summed, value=0.5, out=pooled[..., d:])
+        hidden = torch.mm(pooled.view(-1, 2 * d), self.body.first.weight[:, : 2 * d].t())
+        hidden.view(b, slots, -1).add_(self.slot_bias()).relu_()
+        hidden = self.body.after_first_activation(hidden)
+        return torch.addmm(self.mu.bias, hidden, self.mu.weight.t()).view(b, slots, d)

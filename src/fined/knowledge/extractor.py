@@ -13,11 +13,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fined.data.batch import Batch
 from fined.data.feature_map import FeatureMap
-from fined.data.loader import Batch
 from fined.knowledge.attention import FieldAttention
 from fined.knowledge.gates import HardConcreteGate
 from fined.models.embedding import FeatureEmbedding
+from fined.models.layers import normalized_linear
 
 # Adam moves every parameter by about lr per step whatever its gradient, so these scales set
 # how fast each part of a gate logit can travel: the (field, slot) prior fast (logits must
@@ -78,3 +79,18 @@ class KnowledgeExtractor(nn.Module):
         if self.dense_gates:
             return fields, log_alpha, torch.ones_like(log_alpha)
         return fields, log_alpha, self.gate(log_alpha)
+
+    @torch.no_grad()
+    def frozen_gates(self, fields: torch.Tensor) -> torch.Tensor:
+        """The evaluation gates ``z [B, F, K]`` of field embeddings ``[B, F, d]``, for
+        inference: the gate's fixed parts (the (field, slot) prior, the shift scale, the bias)
+        folded into one ``[F, K]`` offset, the gate finished in place."""
+        b, f, d = fields.shape
+        if self.dense_gates:
+            return fields.new_ones(b, f, self.pattern_prior.shape[-1])
+        x = self.attention.forward_frozen_(fields + self.field_type)
+        weight = SHIFT_SCALE * self.gate_logits.weight
+        shifts = normalized_linear(self.context_norm, weight, None, x.view(-1, d))
+        log_alpha = shifts.view(b, f, -1).add_(self.gate_offset())
+        gate = self.gate
+        return log_alpha.sigmoid_().mul_(gate.zeta - gate.gamma).add_(gate.gamma).clamp_(0.0, 1.0)

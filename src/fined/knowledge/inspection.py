@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fined.data.loader import Batch
-from fined.knowledge.base import KnowledgeBase
+from fined.data.batch import Batch
+from fined.knowledge.knowledge_base import KnowledgeBase
 from fined.knowledge.regularizers import gaussian_mi
 
 

@@ -10,9 +10,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from fined.data.batch import Batch
 from fined.data.feature_map import FeatureMap
-from fined.data.loader import Batch
-from fined.models.base import CTRModel, ModelConfig, register_model
+from fined.models.ctr_model import CTRModel, ModelConfig, register_model
 from fined.models.interaction import CrossNetV1, CrossNetV2
 
 

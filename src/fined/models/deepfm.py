@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from fined.data.loader import Batch
-from fined.models.base import CTRModel, ModelConfig, register_model
+from fined.data.batch import Batch
+from fined.models.ctr_model import CTRModel, ModelConfig, register_model
 from fined.models.layers import FactorizationMachine
 
 

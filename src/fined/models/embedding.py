@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fined.data.batch import Batch
 from fined.data.feature_map import FeatureMap
-from fined.data.loader import Batch
 
 
 class FeatureEmbedding(nn.Module):
@@ -62,7 +62,6 @@ class FeatureEmbedding(nn.Module):
         self.pooled = [f.name for f in seqs if f.name not in raw_sequences]
         self.seq_offset = {f.name: offsets[f.vocab] for f in seqs}
         self.num_fields = len(fmap.id_features) + len(fmap.float_features) + len(self.pooled)
-        self._last: torch.Tensor | None = None
 
     def lookup_sequence(self, batch: Batch, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``([B, L, d], mask [B, L])`` for one sequence feature (mask: non-padding)."""
@@ -81,15 +80,7 @@ class FeatureEmbedding(nn.Module):
             emb, mask = self.lookup_sequence(batch, name)
             m = mask.unsqueeze(-1).to(emb.dtype)
             parts.append(((emb * m).sum(1) / m.sum(1).clamp_min(1.0)).unsqueeze(1))
-        fields = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-        self._last = fields  # kept for an L2 penalty, computed only when one is asked for
-        return fields
-
-    def l2_of_last(self) -> torch.Tensor:
-        """Squared norm of the last forward's field vectors, per sample (0 before any)."""
-        if self._last is None:
-            return torch.zeros(())
-        return self._last.pow(2).sum() / max(1, self._last.shape[0])
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
     def linear_logit(self, batch: Batch) -> torch.Tensor:
         """First-order term ``[B]``: a weight per id (and per float field, times its value)."""

@@ -90,6 +90,21 @@ def _exp_is_safe(scores: torch.Tensor) -> bool:
     return bool(low >= -_SAFE_EXPONENT) and bool(high <= _SAFE_EXPONENT)
 
 
+def normalized_linear(
+    norm: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor | None, flat: torch.Tensor
+) -> torch.Tensor:
+    """``F.linear(norm(flat), weight, bias)`` for ``[N, d]`` rows, for inference: the norm's
+    affine folded into the product and its statistics taken by products (a row-wise
+    reduction over 16 entries is slow on CPU; so is PyTorch's layer-norm kernel at that
+    width: 0.53 against 0.29 ms for 49,152 rows)."""
+    d = flat.shape[-1]
+    mean_of = flat.new_full((d, 1), 1.0 / d)
+    centered = flat - torch.mm(flat, mean_of)
+    inv_std = torch.mm(centered.square(), mean_of).add_(norm.eps).rsqrt_()
+    folded_bias = weight @ norm.bias if bias is None else bias + weight @ norm.bias
+    return torch.addmm(folded_bias, centered.mul_(inv_std), (weight * norm.weight).t())
+
+
 class MLP(nn.Module):
     """``[B, in] -> [B, hidden[-1]]`` (or ``[B, out]`` with ``out``): Linear, [BatchNorm],
     activation, [Dropout] per hidden layer."""
@@ -121,6 +136,22 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    @property
+    def first(self) -> nn.Linear:
+        """The first linear layer (a fused caller computes it its own way)."""
+        return self.net[0]
+
+    def after_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers after the first linear one, applied to its output."""
+        return self.net[1:](x)
+
+    def after_first_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers after the first linear one and its activation (a plain ``relu``, with
+        neither batch norm nor dropout: callers that fuse that activation check it)."""
+        if not isinstance(self.net[1], nn.ReLU):
+            raise ValueError("the first hidden layer is not a plain ReLU layer")
+        return self.net[2:](x)
 
 
 class Dice(nn.Module):

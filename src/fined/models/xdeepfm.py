@@ -8,9 +8,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from fined.data.batch import Batch
 from fined.data.feature_map import FeatureMap
-from fined.data.loader import Batch
-from fined.models.base import CTRModel, ModelConfig, register_model
+from fined.models.ctr_model import CTRModel, ModelConfig, register_model
 from fined.models.interaction import CIN
 
 

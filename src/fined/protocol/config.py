@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fined.data.schema import PrepareConfig, StrictModel, load_yaml, parse_model
+from fined.config import StrictModel, load_yaml, merge, parse_model
+from fined.data.schema import PrepareConfig
 from fined.errors import FinedError
 from fined.knowledge.adaptor import AdaptorConfig
-from fined.knowledge.base import KBConfig
-from fined.train.kb import KB_TRAIN_DEFAULTS
+from fined.knowledge.knowledge_base import KBConfig
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # names that are safe as one path component
 Kind = Literal[
@@ -130,16 +130,14 @@ class RunConfig(StrictModel):
 
     # Typed views of the free-form sections (validated once, at load time).
     def train_config(self, **override: Any):
-        from fined.train.trainer import TrainConfig
+        from fined.train.config import TrainConfig
 
         return parse_model(TrainConfig, {**self.train, **override}, "train")
 
     def kb_train_config(self, **override: Any):
-        from fined.train.trainer import TrainConfig
+        from fined.train.config import KBTrainConfig
 
-        return parse_model(
-            TrainConfig, {**KB_TRAIN_DEFAULTS, **self.kb_train, **override}, "kb_train"
-        )
+        return parse_model(KBTrainConfig, {**self.kb_train, **override}, "kb_train")
 
     def adaptor_config(self, spec: StrategySpec) -> AdaptorConfig:
         # A strategy's own finetune_lr / kb_distill, where set, override the run's adaptor.
@@ -155,17 +153,6 @@ class RunConfig(StrictModel):
 
     def kb_config(self, spec: StrategySpec) -> KBConfig:
         return parse_model(KBConfig, {**self.kb, **spec.kb}, f"strategies.{spec.label}.kb")
-
-
-def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``, recursing into mappings (lists are replaced whole)."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def load_run_config(

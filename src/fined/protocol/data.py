@@ -10,7 +10,8 @@ from functools import lru_cache
 
 import torch
 
-from fined.data.loader import Batch, Part, PeriodStore
+from fined.data.batch import Batch
+from fined.data.loader import Part, PeriodStore
 
 
 def batch_bytes(batch: Batch) -> int:

@@ -13,57 +13,64 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from fined.data.loader import Batch
+from fined.data.batch import Batch
+from fined.models.trainable import Forward, OwnLoss, Trainable
 
 
-class Distilled(nn.Module):
-    def __init__(self, student: nn.Module, teacher: nn.Module, weight: float) -> None:
+class Distilled(Trainable):
+    """``student`` trained towards a frozen copy of ``teacher`` (taken now), with ``weight``."""
+
+    def __init__(self, student: Trainable, teacher: Trainable, weight: float) -> None:
         super().__init__()
         self.student, self.weight = student, weight
         # Not a submodule: the teacher is neither trained nor saved with the student.
         self._teacher = [copy.deepcopy(teacher).eval().requires_grad_(False)]
-        self.loss_terms: dict[str, float] = {}
 
     @property
-    def teacher(self) -> nn.Module:
+    def teacher(self) -> Trainable:
         return self._teacher[0]
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.student(batch)
 
-    def extra_loss(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
-        own = getattr(self.student, "extra_loss", None)
-        student_last = getattr(self.student, "_last", None)  # read before the teacher runs
-        total = own(batch, logits) if own is not None else logits.new_zeros(())
-        terms = dict(getattr(self.student, "loss_terms", {}))
+    def forward_train(self, batch: Batch) -> Forward:
+        """The student's pass, with the teacher's click probabilities (and knowledge means,
+        for a knowledge base) on the same rows beside its own parts."""
+        out = self.student.forward_train(batch)
         with torch.no_grad():
-            target = torch.sigmoid(self.teacher(batch))
-        soft = F.binary_cross_entropy_with_logits(logits, target)
+            taught = self.teacher.forward_train(batch)
+        parts = {**out.parts, "teacher.prob": torch.sigmoid(taught.logits)}
+        if "mu" in taught.parts:
+            parts["teacher.mu"] = taught.parts["mu"]
+        return Forward(out.logits, out.fields, parts)
+
+    def auxiliary_step(self, out: Forward) -> None:
+        self.student.auxiliary_step(out)
+
+    def own_loss(self, batch: Batch, out: Forward) -> OwnLoss:
+        own = self.student.own_loss(batch, out)
+        terms = dict(own.terms)
+        soft = F.binary_cross_entropy_with_logits(out.logits, out.parts["teacher.prob"])
         terms["distill"] = float(soft.detach())
-        total = total + self.weight * soft
-        teacher_last = getattr(self.teacher, "_last", None)
-        if student_last and teacher_last:
-            drift = F.mse_loss(student_last["mu"], teacher_last["mu"])
+        total = own.value + self.weight * soft
+        if "mu" in out.parts and "teacher.mu" in out.parts:
+            drift = F.mse_loss(out.parts["mu"], out.parts["teacher.mu"])
             terms["drift"] = float(drift.detach())
             total = total + self.weight * drift
-        self.loss_terms = terms
-        return total
+        return OwnLoss(total, terms)
 
     def train(self, mode: bool = True) -> Distilled:
         super().train(mode)
         self.teacher.eval()
         return self
 
-    def optimizer_parameters(self):
-        chooser = getattr(self.student, "optimizer_parameters", None)
-        return chooser() if chooser else [p for p in self.student.parameters() if p.requires_grad]
-
-    def embedding_l2(self) -> torch.Tensor:
-        return self.student.embedding_l2()
+    def parameter_groups(self) -> list[dict]:
+        return self.student.parameter_groups()
 
     def auxiliary_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        own = getattr(self.student, "auxiliary_optimizers", None)
-        return own() if own is not None else {}
+        return self.student.auxiliary_optimizers()
+
+    def ddp_ignored_parameters(self) -> list[str]:
+        return [f"student.{name}" for name in self.student.ddp_ignored_parameters()]

@@ -30,19 +30,19 @@ from typing import Any
 
 from torch import nn
 
+from fined.artifacts.kb_store import FORMAT, kb_bytes, load_kb
+from fined.artifacts.weights import read_weights, save_weights
 from fined.data.loader import PeriodStore
 from fined.errors import FinedError
 from fined.io import atomic_write_json, exclusive, read_json
-from fined.knowledge.base import KBConfig, KnowledgeBase
-from fined.knowledge.store import FORMAT, kb_bytes, load_kb
-from fined.models.base import CTRModel, build_model
+from fined.knowledge.knowledge_base import KBConfig, KnowledgeBase
+from fined.models.ctr_model import CTRModel, build_model
 from fined.outputs import owned_directory, read_marker
 from fined.protocol.config import RunConfig, StrategySpec
 from fined.protocol.data import ProtocolData
 from fined.protocol.strategies import STRATEGIES
-from fined.train.kb import check_l0_ramp
+from fined.train.kb_builder import check_l0_ramp
 from fined.train.trainer import Trainer, seed_everything
-from fined.weights import read_weights, save_weights
 
 RECORD, WEIGHTS = "record.json", "model.safetensors"
 COMMAND = "run"  # the owner named in a run directory's marker
@@ -174,7 +174,7 @@ class Runner:
     ) -> KnowledgeBase:
         """The KB of periods 0..``through`` (default: the first s) for this variant and seed,
         built once, then loaded."""
-        from fined.train.kb import build_knowledge_base
+        from fined.train.kb_builder import build_knowledge_base
 
         through = self.s - 1 if through is None else through
         name = f"{self._kb_key(spec)}-seed{seed}" + (f"-to{through}" if through >= self.s else "")
@@ -316,7 +316,7 @@ class Runner:
         wrote there), run or finish every cell, write the outputs; returns the summary. With
         ``jobs`` > 1 the (seed, model) chains run in worker processes first; the pass below
         then reads what they wrote, as when a run resumes."""
-        from fined.protocol.report import write_outputs
+        from fined.protocol.outputs import write_outputs
 
         with owned_directory(self.root, COMMAND, restart=ENTRIES if restart else None):
             self.open()

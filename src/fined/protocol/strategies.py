@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from fined.data.loader import Batch
-from fined.knowledge.adaptor import FinedModel
-from fined.knowledge.base import KnowledgeBase
-from fined.knowledge.store import kb_bytes
+from fined.artifacts.kb_store import kb_bytes
+from fined.data.batch import Batch
+from fined.knowledge.fined_model import FinedModel
+from fined.knowledge.knowledge_base import KnowledgeBase
 from fined.protocol.config import StrategySpec
 from fined.protocol.data import ProtocolData, batch_bytes
 from fined.protocol.distill import Distilled

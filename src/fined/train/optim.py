@@ -55,7 +55,7 @@ class DenseSparseAdam(torch.optim.Optimizer):
 def build_optimizer(
     params: list, kind: str, lr: float, weight_decay: float, sparse: set[int]
 ) -> torch.optim.Optimizer:
-    """``params``: parameters or parameter groups (as ``optimizer_parameters()`` gives)."""
+    """``params``: parameters or parameter groups (as ``Trainable.parameter_groups()`` gives)."""
     cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
     groups = params if params and isinstance(params[0], dict) else [{"params": list(params)}]
     dense_groups, sparse_groups = [], []

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from fined.data.batch import Batch
 from fined.data.feature_map import FeatureMap
-from fined.data.loader import Batch, PeriodStore
+from fined.data.loader import PeriodStore
 from fined.errors import FinedError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fined.data.datasets.base import RawSource
+from fined.data.datasets.source import RawSource
 from fined.data.schema import PrepareConfig
 from fined.registry import Registry
 

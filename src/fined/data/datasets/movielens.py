@@ -17,17 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from fined.config import StrictModel, parse_model
 from fined.data.datasets import register
-from fined.data.datasets.base import BaseSource
 from fined.data.datasets.history import events_before
-from fined.data.schema import (
-    FeatureSpec,
-    PathText,
-    PeriodSpec,
-    PrepareConfig,
-    StrictModel,
-    parse_model,
-)
+from fined.data.datasets.source import BaseSource
+from fined.data.schema import FeatureSpec, PathText, PeriodSpec, PrepareConfig
 from fined.errors import FinedError
 
 AGE_EDGES = [18, 25, 35, 45, 50, 56]  # the MovieLens-1M age groups

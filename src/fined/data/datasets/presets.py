@@ -24,21 +24,17 @@ override them. Choices made here:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
+from fined.config import StrictModel, parse_model
 from fined.data.datasets import register
 from fined.data.datasets.table import TableOptions, TableSource
-from fined.data.datasets.taobao import AD, PROFILE
-from fined.data.schema import (
-    FeatureKind,
-    FeatureSpec,
-    PathText,
-    PeriodSpec,
-    PrepareConfig,
-    Source,
-    StrictModel,
-    parse_model,
-)
+from fined.data.datasets.taobao import AD, PROFILE, TaobaoAdRawSource
+from fined.data.datasets.taobao import build as build_taobao_ad_raw
+from fined.data.schema import FeatureKind, FeatureSpec, PathText, PeriodSpec, PrepareConfig, Source
+from fined.errors import FinedError
 
 
 def _spec(
@@ -260,3 +256,18 @@ def build_eleme(config: PrepareConfig) -> TableSource:
         *(_spec(c) for c in ELEME_CONTEXT),
     ]
     return _source("eleme", config, table, features, PeriodSpec(by="key"), "user_id")
+
+
+@register("taobao_ad")
+def build_taobao_ad(config: PrepareConfig) -> TableSource | TaobaoAdRawSource:
+    """Taobao display ads in either layout: ``options.layout`` is ``raw`` (a directory with
+    the four Tianchi tables) or ``joined`` (the BARS TaobaoAd_x1 CSV); by default, a
+    directory means raw and a file means joined."""
+    options = dict(config.options)
+    layout = options.pop("layout", None)
+    if layout is None:
+        layout = "raw" if Path(str(options.get("path", ""))).is_dir() else "joined"
+    if layout not in ("raw", "joined"):
+        raise FinedError(f"options.layout: expected 'raw' or 'joined', got {layout!r}")
+    inner = config.model_copy(update={"options": options})
+    return build_taobao_ad_raw(inner) if layout == "raw" else build_taobao_ad_joined(inner)

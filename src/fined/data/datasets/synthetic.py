@@ -23,9 +23,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from fined.config import StrictModel, parse_model
 from fined.data.datasets import register
-from fined.data.datasets.base import BaseSource
-from fined.data.schema import FeatureSpec, PeriodSpec, PrepareConfig, StrictModel, parse_model
+from fined.data.datasets.source import BaseSource
+from fined.data.schema import FeatureSpec, PeriodSpec, PrepareConfig
 from fined.errors import FinedError
 
 _BLOCK = 131_072  # generation block: fixed, so output does not depend on the reader's chunks

@@ -36,18 +36,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
+from fined.config import StrictModel, parse_model
 from fined.data.datasets import register
-from fined.data.datasets.base import BaseSource
 from fined.data.datasets.columns import binary_label, parse_time, split_list
-from fined.data.schema import (
-    FeatureSpec,
-    PathText,
-    PeriodSpec,
-    PrepareConfig,
-    StrictModel,
-    check_features,
-    parse_model,
-)
+from fined.data.datasets.source import BaseSource
+from fined.data.schema import FeatureSpec, PathText, PeriodSpec, PrepareConfig, check_features
 from fined.errors import FinedError
 
 TimePart = Literal["hour_of_day", "weekday"]

@@ -32,18 +32,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from fined.config import StrictModel, parse_model
 from fined.data.datasets import register
-from fined.data.datasets.base import BaseSource
 from fined.data.datasets.columns import binary_label
 from fined.data.datasets.history import events_before
-from fined.data.schema import (
-    FeatureSpec,
-    PeriodSpec,
-    PrepareConfig,
-    StrictModel,
-    check_features,
-    parse_model,
-)
+from fined.data.datasets.source import BaseSource
+from fined.data.schema import FeatureSpec, PeriodSpec, PrepareConfig, check_features
 from fined.errors import FinedError
 
 BTAGS = ("pv", "cart", "fav", "buy")
@@ -357,20 +351,3 @@ def build(config: PrepareConfig) -> TaobaoAdRawSource:
     check_features(features)
     periods = config.periods or PeriodSpec(by="day", utc_offset_hours=8)
     return TaobaoAdRawSource(options, features, periods, config.user_key or "userid")
-
-
-@register("taobao_ad")
-def build_taobao_ad(config: PrepareConfig) -> BaseSource:
-    """Taobao display ads in either layout: ``options.layout`` is ``raw`` (a directory with
-    the four Tianchi tables) or ``joined`` (the BARS TaobaoAd_x1 CSV); by default, a
-    directory means raw and a file means joined."""
-    from fined.data.datasets.presets import build_taobao_ad_joined
-
-    options = dict(config.options)
-    layout = options.pop("layout", None)
-    if layout is None:
-        layout = "raw" if Path(str(options.get("path", ""))).is_dir() else "joined"
-    if layout not in ("raw", "joined"):
-        raise FinedError(f"options.layout: expected 'raw' or 'joined', got {layout!r}")
-    inner = config.model_copy(update={"options": options})
-    return build(inner) if layout == "raw" else build_taobao_ad_joined(inner)

@@ -13,12 +13,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fined.artifacts.weights import load_weights, save_weights
+from fined.config import parse_model
 from fined.data.feature_map import FeatureMap
-from fined.data.schema import parse_model
 from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
-from fined.knowledge.base import KBConfig, KnowledgeBase
-from fined.weights import load_weights, save_weights
+from fined.knowledge.knowledge_base import KBConfig, KnowledgeBase
 
 WEIGHTS, META = "kb.safetensors", "kb.json"
 # Bumped whenever the KB's weights change layout (2: the extractor's own attention block and

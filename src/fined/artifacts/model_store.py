@@ -15,15 +15,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fined.artifacts.kb_store import FORMAT as KB_FORMAT
+from fined.artifacts.kb_store import KBShape, build_kb
+from fined.artifacts.weights import load_weights, save_weights
+from fined.config import parse_model
 from fined.data.feature_map import FeatureMap
-from fined.data.schema import parse_model
 from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
-from fined.knowledge.adaptor import AdaptorConfig, FinedModel
-from fined.knowledge.store import FORMAT as KB_FORMAT
-from fined.knowledge.store import KBShape, build_kb
-from fined.models.base import CTRModel, build_model
-from fined.weights import load_weights, save_weights
+from fined.knowledge.adaptor import AdaptorConfig
+from fined.knowledge.fined_model import FinedModel
+from fined.models.ctr_model import CTRModel, build_model
 
 WEIGHTS = "model.safetensors"
 META = "model.json"

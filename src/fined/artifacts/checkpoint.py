@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from safetensors.torch import save
 
+from fined.artifacts.weights import read_safetensors, safetensors_metadata
 from fined.errors import FinedError
 from fined.io import atomic_write_bytes
-from fined.weights import read_safetensors, safetensors_metadata
 
 _TENSOR = "__tensor__"
 _INT_KEYS = "__int_keys__"

@@ -18,14 +18,14 @@ from typing import Any, ClassVar
 import torch
 import yaml
 from pydantic import Field, field_validator
-from torch import nn
 
+from fined.config import StrictModel, parse_model
+from fined.data.batch import Batch
 from fined.data.feature_map import FeatureMap
-from fined.data.loader import Batch
-from fined.data.schema import StrictModel, parse_model
 from fined.errors import FinedError
 from fined.models.embedding import FeatureEmbedding
 from fined.models.layers import MLP, check_activation
+from fined.models.trainable import Forward, Trainable
 from fined.registry import Registry
 
 
@@ -44,7 +44,7 @@ class ModelConfig(StrictModel):
     _check_activation = field_validator("activation")(check_activation)
 
 
-class CTRModel(nn.Module):
+class CTRModel(Trainable):
     """Base of every model. Subclasses set ``config_class`` and implement ``interact``."""
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
@@ -97,12 +97,13 @@ class CTRModel(nn.Module):
         """Click logits ``[B]``; ``knowledge``: optional tokens ``[B, m, d]``."""
         return self.interact(self.fields(batch, knowledge), batch)
 
+    def forward_train(self, batch: Batch) -> Forward:
+        """The trainer's forward: logits and the field vectors (for the embedding penalty)."""
+        fields = self.fields(batch, None)
+        return Forward(self.interact(fields, batch), fields)
+
     def interact(self, fields: torch.Tensor, batch: Batch) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
-
-    def embedding_l2(self) -> torch.Tensor:
-        """Squared norm of the field vectors of the last forward, per sample."""
-        return self.embedding.l2_of_last()
 
 
 MODELS: Registry[type[CTRModel]] = Registry(

@@ -7,9 +7,14 @@ lambda_l0 * E[L0]``: the BCE head and the KL are the two sides of the informatio
 sparse, and the MI term makes different slots store different things. Each term can be
 switched off (that is how the ablations run).
 
+To the trainer it is a model like any other (``fined.models.trainable``): its head gives
+click logits, its own loss adds the bottleneck, L0 and disentanglement terms, and its
+auxiliary step trains the CLUB estimator's q-network on the step's detached vectors.
+
 Stage 2 freezes it: ``query(batch) -> (V [B, K, d], gates [B, F, K])`` gives every instance
-its knowledge vectors; ids the KB never saw (indices beyond its vocabularies) are mapped to
-OOV first, so they too get knowledge.
+its knowledge vectors, by the fast inference path of its modules (``frozen_*``); ids the KB
+never saw (indices beyond its vocabularies) are mapped to OOV first, so they too get
+knowledge.
 """
 
 from __future__ import annotations
@@ -21,16 +26,15 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
+from fined import distributed
+from fined.config import StrictModel
+from fined.data.batch import Batch
 from fined.data.feature_map import FeatureMap
-from fined.data.loader import Batch
-from fined.data.schema import StrictModel
-from fined.data.vocab import OOV
-from fined.knowledge import frozen
 from fined.knowledge.encoder import KnowledgeEncoder
 from fined.knowledge.extractor import KnowledgeExtractor
 from fined.knowledge.regularizers import SlotMI, gaussian_kl
 from fined.models.layers import MLP
-from fined.train import distributed
+from fined.models.trainable import Forward, OwnLoss, Trainable
 
 
 class KBConfig(StrictModel):
@@ -57,7 +61,7 @@ class KBConfig(StrictModel):
     dense_gates: bool = False  # ablation: every field in every pattern, no gates
 
 
-class KnowledgeBase(nn.Module):
+class KnowledgeBase(Trainable):
     """Extractor + encoder + head. ``forward`` gives the stage-1 click logits ``[B]``."""
 
     def __init__(self, feature_map: FeatureMap, config: KBConfig, known_through: int) -> None:
@@ -86,89 +90,90 @@ class KnowledgeBase(nn.Module):
         self.q_optimizer = torch.optim.Adam(estimator, lr=c.club_lr) if estimator else None
         # Training steps seen (a buffer, so that a resumed build ramps the L0 weight alike).
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self._last: dict[str, torch.Tensor] = {}
-        self.loss_terms: dict[str, float] = {}
-        self.register_buffer("id_limits", self._limits([f.vocab for f in feature_map.id_features]))
-        self.seq_limits = {f.name: self._limit(f.vocab) for f in feature_map.sequence_features}
+        ids, sequences = feature_map.known_limits(known_through)
+        self.register_buffer("id_limits", torch.tensor(ids, dtype=torch.long))
+        self.seq_limits = sequences
 
     # -- ids the KB never saw --------------------------------------------------------------
-    def _limit(self, vocab: str) -> int:
-        sizes = self.feature_map.feature(vocab).vocab_size_by_period
-        return sizes[self.known_through] if sizes else 1 << 62
-
-    def _limits(self, vocabs: list[str]) -> torch.Tensor:
-        return torch.tensor([self._limit(v) for v in vocabs], dtype=torch.long)
-
     def set_known_through(self, period: int) -> None:
         """Treat the ids of periods up to ``period`` as known (a KB that absorbed them)."""
         self.known_through = period
-        self.id_limits.copy_(self._limits([f.vocab for f in self.feature_map.id_features]))
-        self.seq_limits = {f.name: self._limit(f.vocab) for f in self.feature_map.sequence_features}
+        ids, self.seq_limits = self.feature_map.known_limits(period)
+        self.id_limits.copy_(torch.tensor(ids, dtype=torch.long))
 
     def _known(self, batch: Batch) -> Batch:
-        ids = torch.where(batch.ids.long() >= self.id_limits, OOV, batch.ids.long())
-        seqs = {
-            k: torch.where(s.long() >= self.seq_limits[k], OOV, s.long())
-            for k, s in batch.sequences.items()
-        }
-        return Batch(ids, batch.floats, seqs, batch.label, batch.time, batch.group)
+        return batch.forget_later_ids(self.id_limits, self.seq_limits)
 
     # -- the knowledge ---------------------------------------------------------------------
     def encode(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Field vectors, gates and knowledge ``v, mu, logvar`` (``[B, K, d]``) of a batch."""
         fields, log_alpha, z = self.extractor(self._known(batch))
         v, mu, logvar = self.encoder(fields, z)
-        return {"v": v, "mu": mu, "logvar": logvar, "log_alpha": log_alpha, "z": z}
+        return {
+            "fields": fields,
+            "v": v,
+            "mu": mu,
+            "logvar": logvar,
+            "log_alpha": log_alpha,
+            "z": z,
+        }
 
     @torch.no_grad()
     def query(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen use: ``(V [B, K, d], gates [B, F, K])`` (deterministic: mu, eval gates),
-        the evaluation-mode function of ``encode`` computed by the fast path of ``frozen``."""
+        the evaluation-mode function of ``encode`` computed by the modules' fast paths."""
         fields = self.extractor.embedding(self._known(batch))
-        z = frozen.gates(self.extractor, fields)
-        return frozen.knowledge_means(self.encoder, fields, z), z
+        z = self.extractor.frozen_gates(fields)
+        return self.encoder.frozen_means(fields, z), z
 
     def click_logits(self, v: torch.Tensor) -> torch.Tensor:
         """The KB's own click logits ``[B]`` from knowledge vectors ``[B, K, d]``."""
         return self.head(v).squeeze(-1).sum(1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
+        return self.click_logits(self.encode(batch)["v"])
+
+    # -- stage 1: the trainer's contract -----------------------------------------------------
+    def forward_train(self, batch: Batch) -> Forward:
         out = self.encode(batch)
-        self._last = out
-        return self.click_logits(out["v"])
+        return Forward(self.click_logits(out["v"]), out["fields"], out)
 
-    def embedding_l2(self) -> torch.Tensor:
-        """The trainer's ``embedding_l2`` penalty: the KB's own looked-up field vectors."""
-        return self.extractor.embedding.l2_of_last()
+    def auxiliary_step(self, out: Forward) -> None:
+        """Count the step (the L0 ramp reads it) and train the MI estimator's network on this
+        step's detached knowledge vectors (CLUB's alternation), before the KB's own loss."""
+        self.steps += 1
+        if self.mi is not None and self.config.lambda_dis > 0:
+            self._train_estimator(out.parts["v"])
 
-    # -- stage-1 losses (the trainer adds these to the BCE) ---------------------------------
-    def optimizer_parameters(self) -> list[nn.Parameter]:
-        """Everything but the MI estimator's own network, which has its own optimizer."""
-        own = {id(p) for p in self.mi.parameters()} if self.mi is not None else set()
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in own]
-
-    def extra_loss(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
-        c, out = self.config, self._last
-        total = logits.new_zeros(())
-        terms = {"bce": float(F.binary_cross_entropy_with_logits(logits.detach(), batch.label))}
+    def own_loss(self, batch: Batch, out: Forward) -> OwnLoss:
+        c, parts = self.config, out.parts
+        total = out.logits.new_zeros(())
+        bce = F.binary_cross_entropy_with_logits(out.logits.detach(), batch.label)
+        terms = {"bce": float(bce)}
         if c.essential and c.beta_ib > 0:
-            kl = gaussian_kl(out["mu"], out["logvar"]).mean()
+            kl = gaussian_kl(parts["mu"], parts["logvar"]).mean()
             total = total + c.beta_ib * kl
             terms["kl"] = float(kl.detach())
-        self.steps += 1
         if c.sparse and c.lambda_l0 > 0 and not c.dense_gates:
-            l0 = self.extractor.gate.expected_l0(out["log_alpha"]).mean()
+            l0 = self.extractor.gate.expected_l0(parts["log_alpha"]).mean()
             # Gates that close before the task has shaped the embeddings never reopen (a
             # closed gate gets no task gradient): the penalty ramps up instead.
             ramp = min(1.0, float(self.steps) / c.l0_warmup_steps) if c.l0_warmup_steps else 1.0
             total = total + c.lambda_l0 * ramp * l0
             terms["l0"] = float(l0.detach())
         if self.mi is not None and c.lambda_dis > 0:
-            self._train_estimator(out["v"])
-            mi = self.mi(out["v"])
+            mi = self.mi(parts["v"])
             total = total + c.lambda_dis * mi
             terms["mi"] = float(mi.detach())
-        self.loss_terms = terms
-        return total
+        return OwnLoss(total, terms)
+
+    def parameter_groups(self) -> list[dict]:
+        """Everything but the MI estimator's own network, which has its own optimizer."""
+        own = {id(p) for p in self.mi.parameters()} if self.mi is not None else set()
+        return [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in own]}]
+
+    def auxiliary_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"mi": self.q_optimizer} if self.q_optimizer is not None else {}
 
     def ddp_ignored_parameters(self) -> list[str]:
         """The MI estimator's network is trained apart, with its own optimizer: DDP must not
@@ -181,13 +186,9 @@ class KnowledgeBase(nn.Module):
         code = list(self.mi.slot_code.parameters()) if self.mi.slot_code is not None else []
         return list(self.mi.estimator.parameters()) + code
 
-    def auxiliary_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """Optimizers the trainer does not step but checkpoints with its own."""
-        return {"mi": self.q_optimizer} if self.q_optimizer is not None else {}
-
     def _train_estimator(self, v: torch.Tensor) -> None:
         """One step of the estimator's own network on detached vectors (CLUB alternation)."""
-        if self.q_optimizer is None:
+        if self.q_optimizer is None or self.mi is None:
             return
         params = self._estimator_parameters()
         self.q_optimizer.zero_grad(set_to_none=True)

@@ -1,8 +1,9 @@
 """Stage 1: build a knowledge base from past periods, with the generic trainer.
 
-The KB is a model like any other to the trainer: its head gives click logits, its
-``extra_loss`` adds the bottleneck, L0 and disentanglement terms, and early stopping watches
-the head's AUC on the held-out tails of the past periods (never on anything later).
+The KB is a model like any other to the trainer (``fined.models.trainable``): its head gives
+click logits, its own loss adds the bottleneck, L0 and disentanglement terms, and early
+stopping watches the head's AUC on the held-out tails of the past periods (never on anything
+later). Its trainer settings default to ``KBTrainConfig``'s.
 """
 
 from __future__ import annotations
@@ -12,17 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fined import distributed
+from fined.artifacts.kb_store import save_kb
 from fined.data.loader import PeriodStore
 from fined.errors import FinedError
-from fined.knowledge.base import KBConfig, KnowledgeBase
-from fined.knowledge.store import save_kb
-from fined.train import distributed
-from fined.train.trainer import FitResult, TrainConfig, Trainer, seed_everything
-
-# Trainer settings a knowledge base is built with unless the user says otherwise: smaller
-# batches and a higher rate than the base models (the gates need many steps), and more
-# patience (the L0 penalty ramps up over the first epochs).
-KB_TRAIN_DEFAULTS = {"batch_size": 1024, "lr": 3e-3, "epochs": 20, "patience": 3}
+from fined.knowledge.knowledge_base import KBConfig, KnowledgeBase
+from fined.train.config import TrainConfig
+from fined.train.trainer import FitResult, Trainer, seed_everything
 
 
 def check_l0_ramp(config: KBConfig, train: TrainConfig, rows: int) -> int:

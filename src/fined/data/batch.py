@@ -1,0 +1,79 @@
+"""``Batch``: a set of rows as contiguous tensors, the unit every model and the trainer
+consume. It depends on PyTorch only (reading periods from Parquet is ``fined.data.loader``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+
+from fined.data.feature_map import OOV, UNLIMITED
+
+
+@dataclass
+class Batch:
+    """A set of rows as tensors.
+
+    - ``ids``: ``[B, F_id]`` int32, one column per ``FeatureMap.id_features``.
+    - ``floats``: ``[B, F_float]`` float32, one column per ``FeatureMap.float_features``.
+    - ``sequences``: name -> ``[B, L]`` int32 (0 = padding).
+    - ``label``: ``[B]`` float32. ``time``: ``[B]`` int64.
+    - ``group``: ``[B]`` int64 user index for gAUC (raw, never mapped to OOV), or None.
+    """
+
+    ids: torch.Tensor
+    floats: torch.Tensor
+    sequences: dict[str, torch.Tensor]
+    label: torch.Tensor
+    time: torch.Tensor
+    group: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    def _map(self, fn) -> Batch:
+        return Batch(
+            ids=fn(self.ids),
+            floats=fn(self.floats),
+            sequences={k: fn(v) for k, v in self.sequences.items()},
+            label=fn(self.label),
+            time=fn(self.time),
+            group=None if self.group is None else fn(self.group),
+        )
+
+    def take(self, index: torch.Tensor) -> Batch:
+        return self._map(lambda t: t.index_select(0, index))
+
+    def slice(self, start: int, end: int) -> Batch:
+        return self._map(lambda t: t[start:end])
+
+    def forget_later_ids(self, id_limits: torch.Tensor, seq_limits: dict[str, int]) -> Batch:
+        """The same rows with every id at or above its field's limit as OOV: what a model
+        that knows only the vocabularies as they stood then sees (``FeatureMap.known_limits``
+        gives the limits; ``id_limits`` is ``[F_id]``)."""
+        ids = torch.where(self.ids >= id_limits, OOV, self.ids) if self.ids.numel() else self.ids
+        sequences = {
+            k: s if seq_limits[k] >= UNLIMITED else torch.where(s >= seq_limits[k], OOV, s)
+            for k, s in self.sequences.items()
+        }
+        return Batch(ids, self.floats, sequences, self.label, self.time, self.group)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    @staticmethod
+    def concat(parts: Sequence[Batch]) -> Batch:
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        kw = {}
+        for f in fields(Batch):
+            vals = [getattr(p, f.name) for p in parts]
+            if f.name == "sequences":
+                kw[f.name] = {k: torch.cat([v[k] for v in vals]) for k in first.sequences}
+            elif vals[0] is None:
+                kw[f.name] = None
+            else:
+                kw[f.name] = torch.cat(vals)
+        return Batch(**kw)

@@ -1,0 +1,71 @@
+"""The run's outputs: ``results.csv``, ``forgetting.csv``, ``summary.csv``, ``report.md`` and
+``figures/`` (test AUC per period, forgetting heatmaps, the KB's patterns). All written
+atomically, all recomputed from the cell records (so a resumed run writes the same files)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from fined.io import atomic_write_text
+from fined.protocol.config import RunConfig
+from fined.report.markdown import RunFacts, markdown
+from fined.report.tables import bwt_table, forgetting_table, results_table, summary_table
+
+
+def _csv(frame: pl.DataFrame, path: Path) -> None:
+    atomic_write_text(path, frame.write_csv(float_precision=6))
+
+
+def write_outputs(
+    root: Path, config: RunConfig, run: dict[str, Any], periods: list[str], s: int
+) -> pl.DataFrame:
+    order = [spec.label for spec in config.strategies]
+    results = results_table(run["records"], order)
+    forgetting = forgetting_table(run["records"], run["warmups"])
+    summary = summary_table(results, bwt_table(forgetting, s), config.baseline, order)
+    _csv(results, root / "results.csv")
+    _csv(forgetting, root / "forgetting.csv")
+    _csv(summary, root / "summary.csv")
+    figures = root / "figures"
+    figures.mkdir(exist_ok=True)
+    _figures(results, forgetting, order, periods, figures)
+    facts = RunFacts(
+        config.name,
+        config.models,
+        config.seeds,
+        config.baseline,
+        [spec.label for spec in config.strategies if spec.uses_kb],
+    )
+    atomic_write_text(root / "report.md", markdown(facts, results, summary, periods, s))
+    return summary
+
+
+def _figures(results, forgetting, order, periods, figures: Path) -> None:
+    from fined.report.plots import forgetting_heatmaps, test_auc_lines
+
+    rank = {name: i for i, name in enumerate(order)}
+    per_period = (
+        results.group_by("strategy", "model", "t", "test_period")
+        .agg(pl.col("auc").mean())
+        .with_columns(pl.col("strategy").replace_strict(rank).alias("_o"))
+        .sort("model", "_o", "t")
+    )
+    test_auc_lines(per_period, figures / "test_auc.png")
+    mean = forgetting.group_by("strategy", "model", "after", "period").agg(pl.col("auc").mean())
+    last = int(mean["period"].max())
+    for model in mean["model"].unique(maintain_order=True).sort().to_list():
+        matrices = {}
+        for strategy in order:
+            part = mean.filter((pl.col("model") == model) & (pl.col("strategy") == strategy))
+            if part.height == 0:
+                continue
+            cells = {(a, i): v for a, i, v in part.select("after", "period", "auc").iter_rows()}
+            after = sorted({a for a, _ in cells})
+            matrices[strategy] = [
+                [cells.get((a, i), math.nan) for i in range(last + 1)] for a in after
+            ]
+        forgetting_heatmaps(matrices, periods[: last + 1], figures / f"forgetting_{model}.png")

@@ -1,0 +1,45 @@
+"""Trainer settings: the ``train:`` section of a config, and the ``kb_train:`` one of a
+knowledge-base build (the same settings with other defaults)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from fined.config import StrictModel
+
+
+class TrainConfig(StrictModel):
+    """Trainer settings (the ``train:`` section of a config, ``--set train.KEY=VALUE``)."""
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    embedding_l2: float = Field(0.0, ge=0)  # on the embeddings looked up in each batch
+    batch_size: int = Field(4096, ge=1)
+    eval_batch_size: int = Field(16384, ge=1)
+    epochs: int = Field(50, ge=1)  # at most; early stopping usually ends sooner
+    patience: int = Field(2, ge=1)  # epochs without validation improvement before stopping
+    lr_patience: int = Field(1, ge=0)  # epochs without improvement before the lr decays
+    lr_factor: float = Field(0.1, gt=0, le=1)
+    min_lr: float = Field(1e-6, ge=0)
+    grad_clip: float | None = Field(10.0, gt=0)
+    monitor: Literal["auc", "logloss"] = "auc"
+    select_after: int = Field(0, ge=0)  # epochs before this one are never selected or counted
+    seed: int = 1
+    deterministic: bool = False
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+    tensorboard: bool = False
+
+
+class KBTrainConfig(TrainConfig):
+    """Trainer settings a knowledge base is built with: smaller batches and a higher rate
+    than the base models (the gates need many steps), and more patience (the L0 penalty
+    ramps up over the first epochs)."""
+
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    epochs: int = Field(20, ge=1)
+    patience: int = Field(3, ge=1)
