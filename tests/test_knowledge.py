@@ -13,10 +13,10 @@ import torch
 
 from fined.artifacts.kb_store import load_kb
 from fined.cli import main
+from fined.data.feature_map import OOV
 from fined.data.loader import PeriodStore
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
-from fined.data.vocab import OOV
 from fined.errors import FinedError
 from fined.knowledge.adaptor import AdaptorConfig
 from fined.knowledge.fined_model import FinedModel

@@ -28,7 +28,7 @@ from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
 from fined.errors import FinedError
 from fined.models import build_model
-from fined.protocol.strategies import load_overlapping
+from fined.models.warm_start import load_overlapping
 from fined.train.config import TrainConfig
 from fined.train.metrics import auc
 from fined.train.trainer import Trainer

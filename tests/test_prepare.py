@@ -8,11 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fined.data.feature_map import FeatureMap
+from fined.data.feature_map import OOV, FeatureMap
 from fined.data.loader import BatchLoader, PeriodStore
 from fined.data.prepare import prepare
 from fined.data.schema import PeriodSpec, PrepareConfig
-from fined.data.vocab import OOV
 
 OPTIONS = {"n_rows": 12_000, "n_periods": 4, "drift": 0.2, "n_numeric": 2, "seed": 5}
 

@@ -3,9 +3,10 @@
 import polars as pl
 import pyarrow as pa
 
+from fined.data.feature_map import OOV, PAD
 from fined.data.prepare import prepare
 from fined.data.schema import PeriodSpec, PrepareConfig
-from fined.data.vocab import OOV, PAD, Vocabulary, grow_vocabulary
+from fined.data.vocab import Vocabulary, grow_vocabulary
 
 
 def test_extend_keeps_every_existing_index() -> None:

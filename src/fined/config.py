@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticCustomError
 
 from fined.errors import FinedError
 
@@ -30,9 +31,39 @@ def format_validation_error(err: ValidationError, where: str) -> str:
     """One line per problem, each naming the key path, e.g. ``periods.by: Input should be ...``."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        parts.append(f"{loc}: {e['msg']}")
+        loc = ".".join(str(x) for x in e["loc"])
+        if e["type"] == NESTED:  # a section validated by a model chosen at run time
+            parts += [f"{loc}.{path}: {msg}" for path, msg in e["ctx"]["errors"]]
+        else:
+            message = e["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc or '(top level)'}: {message}")
     return f"{where}: " + "; ".join(parts)
+
+
+NESTED = "nested"
+
+
+def key_error(path: str, message: str) -> PydanticCustomError:
+    """An error about one key inside a section (raised from the section's validator), shown
+    with its whole path: ``strategies`` + ``1.label``."""
+    return PydanticCustomError(
+        NESTED, "{text}", {"text": f"{path}: {message}", "errors": [(path, message)]}
+    )
+
+
+def nested_error(err: ValidationError, *path: str | int) -> PydanticCustomError:
+    """The errors of a section validated inside a validator (by a model picked from its
+    contents: a strategy's kind, a model's name), as one error whose key paths continue the
+    section's own (``strategies`` + ``1.kd_weight``)."""
+    prefix = "".join(f"{p}." for p in path)
+    errors = [
+        (prefix + ".".join(str(x) for x in e["loc"]), e["msg"])
+        if e["loc"]
+        else (prefix.rstrip("."), e["msg"])
+        for e in err.errors()
+    ]
+    text = "; ".join(f"{p}: {m}" for p, m in errors)
+    return PydanticCustomError(NESTED, "{text}", {"text": text, "errors": errors})
 
 
 def parse_model(model: type[M], data: Any, where: str) -> M:

@@ -79,11 +79,13 @@ def rebuild_model(meta: dict[str, Any], feature_map: FeatureMap) -> CTRModel | F
         raise FinedError(f"model description: {err}") from None
 
 
-def save_model(run_dir: str | Path, model: CTRModel | FinedModel, info: dict[str, Any]) -> None:
-    """The weights, then their description (last: it vouches for them by their digest)."""
+def save_model(run_dir: str | Path, model: CTRModel | FinedModel, info: dict[str, Any]) -> str:
+    """The weights, then their description (last: it vouches for them by their digest);
+    returns the digest."""
     run_dir = Path(run_dir)
     digest = save_weights(run_dir / WEIGHTS, model)
     atomic_write_json(run_dir / META, {**describe_model(model), "weights_sha256": digest, **info})
+    return digest
 
 
 def read_model_info(run_dir: str | Path) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from fined.data.feature_map import OOV
 from fined.data.schema import FeatureSpec
-from fined.data.vocab import OOV
 
 
 @dataclass

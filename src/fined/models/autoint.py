@@ -16,12 +16,14 @@ from fined.models.interaction import SelfAttentionLayer
 
 
 class AutoIntConfig(ModelConfig):
-    attention_layers: int = Field(ge=1)
-    num_heads: int = Field(ge=1)
-    attention_dim: int = Field(ge=1)  # output width of a layer, split across the heads
-    residual: bool
-    layer_norm: bool
-    use_mlp: bool  # AutoInt+
+    # FuxiCTR's defaults (its AutoInt adds the DNN whenever it has hidden units, i.e.
+    # AutoInt+); the paper's Criteo setting is 3 layers, 2 heads, 32 dimensions per head.
+    attention_layers: int = Field(2, ge=1)
+    num_heads: int = Field(1, ge=1)
+    attention_dim: int = Field(8, ge=1)  # output width of a layer, split across the heads
+    residual: bool = True
+    layer_norm: bool = False
+    use_mlp: bool = True  # AutoInt+: the MLP (``mlp``) beside the attention
 
     @model_validator(mode="after")
     def _check(self) -> AutoIntConfig:

@@ -6,20 +6,19 @@ extra fields before the interaction part, so every model's interactions (FM, cro
 products, CIN, self-attention, MLP) see them. This is the hook the FINED knowledge base
 plugs into; nothing else here knows about it.
 
-Hyper-parameters are typed pydantic configs whose defaults live in ``defaults.yaml`` (one
-section per model); precedence: model defaults < user YAML < command-line overrides.
+Hyper-parameters are typed pydantic configs whose field defaults are the models' defaults
+(one place, read by ``fined train --help``-level docs and tests alike); precedence: those
+defaults < a user's YAML < command-line overrides (``fined.config.resolve``).
 """
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any, ClassVar
 
 import torch
-import yaml
 from pydantic import Field, field_validator
 
-from fined.config import StrictModel, parse_model
+from fined.config import StrictModel, resolve
 from fined.data.batch import Batch
 from fined.data.feature_map import FeatureMap
 from fined.errors import FinedError
@@ -30,13 +29,13 @@ from fined.registry import Registry
 
 
 class ModelConfig(StrictModel):
-    """Settings every model has."""
+    """Settings every model has, with their defaults (a model's config class adds its own)."""
 
-    embedding_dim: int = Field(ge=1)
-    mlp: list[int]
-    dropout: float = Field(ge=0.0, lt=1.0)
-    batch_norm: bool
-    activation: str
+    embedding_dim: int = Field(16, ge=1)
+    mlp: list[int] = Field(default_factory=lambda: [400, 400, 400])  # the deep part's hidden layers
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    batch_norm: bool = False
+    activation: str = "relu"
     # Sparse gradients for the embedding tables (only the rows a batch looked up), trained
     # with SparseAdam: for tables far larger than what one batch touches.
     sparse_embedding: bool = False
@@ -127,23 +126,18 @@ def model_class(name: str) -> type[CTRModel]:
     return MODELS.get(name)
 
 
-def default_config(name: str) -> dict[str, Any]:
-    """The shipped defaults of one model (``defaults.yaml``)."""
-    text = resources.files("fined.models").joinpath("defaults.yaml").read_text()
-    return dict(yaml.safe_load(text)[name.lower()])
-
-
-def model_config(name: str, *overrides: dict[str, Any]) -> ModelConfig:
-    """Defaults, then each override in turn (a user file, then command-line settings)."""
-    cls = model_class(name)
-    merged = default_config(name)
-    for o in overrides:
-        merged.update(o or {})
-    return parse_model(cls.config_class, merged, f"model {name}")
+def model_config(name: str, *overrides: dict[str, Any] | ModelConfig | None) -> ModelConfig:
+    """The model's config: its class's defaults, then each override in turn (a user file,
+    then command-line settings; a config given whole counts as all its settings)."""
+    layers = [o.model_dump() if isinstance(o, ModelConfig) else o for o in overrides]
+    return resolve(model_class(name).config_class, *layers, where=f"model {name}")
 
 
 def build_model(
-    name: str, feature_map: FeatureMap, *overrides: dict[str, Any], knowledge_tokens: int = 0
+    name: str,
+    feature_map: FeatureMap,
+    *overrides: dict[str, Any] | ModelConfig | None,
+    knowledge_tokens: int = 0,
 ) -> CTRModel:
     """A model by registry name, its config merged from defaults and overrides."""
     cls = model_class(name)

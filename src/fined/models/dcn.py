@@ -17,8 +17,8 @@ from fined.models.interaction import CrossNetV1, CrossNetV2
 
 
 class DCNConfig(ModelConfig):
-    version: Literal["v1", "v2"]  # v1: vector cross weights; v2: full-rank matrices
-    cross_layers: int = Field(ge=1)
+    version: Literal["v1", "v2"] = "v1"  # v1: vector cross weights; v2: full-rank (DCN-V2)
+    cross_layers: int = Field(3, ge=1)
 
 
 @register_model("dcn")

@@ -23,10 +23,11 @@ from fined.models.layers import check_activation
 
 
 class DINConfig(ModelConfig):
-    behaviour: dict[str, str]  # history sequence -> target id feature; empty: inferred
-    attention_mlp: list[int] = Field(min_length=1)
-    attention_activation: str  # "dice" or any MLP activation
-    attention_softmax: bool  # the paper keeps raw weights (interest intensity)
+    # ``activation`` (the MLP's) stays relu by default; dice is the paper's choice.
+    behaviour: dict[str, str] = Field(default_factory=dict)  # history -> target; {}: inferred
+    attention_mlp: list[int] = Field(default_factory=lambda: [64], min_length=1)
+    attention_activation: str = "dice"  # "dice" or any MLP activation
+    attention_softmax: bool = False  # the paper keeps raw weights (interest intensity)
 
     _check_attention_activation = field_validator("attention_activation")(check_activation)
 

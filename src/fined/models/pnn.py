@@ -15,7 +15,7 @@ from fined.models.interaction import InnerProduct, OuterProduct
 
 
 class PNNConfig(ModelConfig):
-    product: Literal["inner", "outer"]
+    product: Literal["inner", "outer"] = "inner"  # IPNN, or OPNN (sum-pooled outer product)
 
 
 @register_model("pnn")

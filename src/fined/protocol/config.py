@@ -1,81 +1,47 @@
 """A ``fined run`` config: the data, the models, the seeds and the strategies to compare.
 
-Every section is typed; a bad key or value names its path. ``quick:`` holds overrides that
-``--quick`` merges on top (fewer seeds, fewer epochs), so one file describes both runs.
+One typed tree, validated whole when the file is loaded, before any data work: the trainer
+(``train: TrainConfig``), every model's settings (each by its own config class), the KB
+(``kb: KBConfig``, ``kb_train: KBTrainConfig``), the adaptor, and each strategy by its kind's
+spec (a key that does not belong to a kind, or a misspelt model setting, is an error that
+names it). Settings resolve in one order (``fined.config.resolve``): the classes' defaults <
+the file < its ``quick:`` overrides (with ``--quick``) < ``--set key=value``.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from fined.config import StrictModel, load_yaml, merge, parse_model
+from fined.config import (
+    StrictModel,
+    key_error,
+    load_yaml,
+    merge,
+    nested,
+    nested_error,
+    parse_model,
+    resolve,
+)
 from fined.data.schema import PrepareConfig
 from fined.errors import FinedError
 from fined.knowledge.adaptor import AdaptorConfig
 from fined.knowledge.knowledge_base import KBConfig
+from fined.models.ctr_model import ModelConfig, model_class, model_names
+from fined.protocol.strategies import StrategySpec, parse_strategy
+from fined.protocol.strategies.fined import FinedSpec
+from fined.train.config import KBTrainConfig, TrainConfig
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # names that are safe as one path component
-Kind = Literal[
-    "incremental", "window", "full", "replay", "kd", "fined", "fined_streaming", "fined_rebuild"
-]
-
-
-class StrategySpec(StrictModel):
-    """One strategy; ``label`` tells apart variants of a kind (ablations, a K sweep)."""
-
-    kind: Kind
-    label: str = ""  # default: the kind
-    warm_start: bool | None = None  # None: the kind's default (window and full retrain)
-    window: int = Field(2, ge=1)  # window: periods trained on, the current one included
-    budget_bytes: int | None = Field(None, ge=1)  # replay: None = the KB's size
-    kd_weight: float = Field(0.5, ge=0)  # kd: weight of the distillation term
-    kb: dict[str, Any] = Field(default_factory=dict)  # fined*: KB settings for this variant
-    # fined*: fine-tune the KB at this rate (None: the run's adaptor setting, frozen by default)
-    finetune_lr: float | None = Field(None, gt=0)
-    adaptor: dict[str, Any] = Field(default_factory=dict)  # fined*: adaptor settings
-    # fined*: start the base model from the shared warm-up model (False: from scratch at the
-    # first period, so that all it knows of the KB's periods comes through the KB)
-    warmup_base: bool = True
-    # fined*: weight of the distillation towards the KB's own predictions (None: the run's
-    # adaptor setting, 0.2 by default; 0: tokens alone)
-    kb_distill: float | None = Field(None, ge=0)
-    absorb_epochs: int = Field(2, ge=1)  # fined_streaming: epochs the KB spends on a period
-    absorb_weight: float = Field(1.0, ge=0)  # fined_streaming: pull towards the last snapshot
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, data: Any) -> Any:
-        return {"kind": data} if isinstance(data, str) else data
-
-    @model_validator(mode="after")
-    def _default_label(self) -> StrategySpec:
-        self.label = self.label or self.kind
-        return self
-
-    @field_validator("label")
-    @classmethod
-    def _a_name(cls, label: str) -> str:
-        # Labels name directories of the run: a path ("../x", "/tmp/x") would write outside it.
-        if label and not NAME.fullmatch(label):
-            raise ValueError(
-                f"{label!r} is not a name: use letters, digits and _ - . + (starting with a "
-                "letter or digit), not a path"
-            )
-        return label
-
-    @property
-    def uses_kb(self) -> bool:
-        return self.kind.startswith("fined")
-
-    @property
-    def warm(self) -> bool:
-        return (
-            self.warm_start if self.warm_start is not None else self.kind not in ("window", "full")
-        )
 
 
 class DataSpec(StrictModel):
@@ -97,25 +63,77 @@ class RunConfig(StrictModel):
     kb_periods: int = Field(ge=1)  # s: the KB (and every model's warm-up) learn P0..P(s-1)
     last_period: str | int | None = None  # use the periods up to this one (None: all)
     models: list[str] = Field(min_length=1)
-    model_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Per model, its config (the model's defaults with this section on top).
+    model_settings: dict[str, SerializeAsAny[ModelConfig]] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    strategies: list[StrategySpec] = Field(min_length=1)
+    strategies: list[SerializeAsAny[StrategySpec]] = Field(min_length=1)
     baseline: str = "incremental"  # RelaImpr is measured against this strategy's label
-    train: dict[str, Any] = Field(default_factory=dict)  # trainer settings for every model
-    kb: dict[str, Any] = Field(default_factory=dict)  # KB settings shared by every KB
-    kb_train: dict[str, Any] = Field(default_factory=dict)  # trainer settings for KB builds
+    train: TrainConfig = Field(default_factory=TrainConfig)  # for every model
+    kb: KBConfig = Field(default_factory=KBConfig)  # shared by every KB (a variant adds its own)
+    kb_train: KBTrainConfig = Field(default_factory=KBTrainConfig)  # for KB builds
     adaptor: AdaptorConfig = Field(default_factory=AdaptorConfig)
     quick: dict[str, Any] = Field(default_factory=dict)  # overrides applied by --quick
 
     @field_validator("models")
     @classmethod
     def _known_models(cls, models: list[str]) -> list[str]:
-        from fined.models import model_names
-
         unknown = [m for m in models if m not in model_names()]
         if unknown:
             raise ValueError(f"unknown model(s) {unknown}; choose from {model_names()}")
         return models
+
+    @field_validator("model_settings", mode="before")
+    @classmethod
+    def _typed_models(cls, value: Any) -> Any:
+        """Each model's section by its own config class (a misspelt key is named)."""
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for name, settings in value.items():
+            if name not in model_names():
+                raise key_error(name, f"unknown model; choose from {', '.join(model_names())}")
+            if isinstance(settings, ModelConfig):
+                out[name] = settings
+                continue
+            try:
+                out[name] = model_class(name).config_class.model_validate(settings or {})
+            except ValidationError as err:
+                raise nested_error(err, name) from None
+        return out
+
+    @field_validator("strategies", mode="before")
+    @classmethod
+    def _typed_strategies(cls, value: Any) -> Any:
+        """Each strategy by its kind's spec (a key that is not the kind's is named)."""
+        if not isinstance(value, list):
+            return value
+        out = []
+        for i, entry in enumerate(value):
+            if isinstance(entry, StrategySpec):
+                out.append(entry)
+                continue
+            try:
+                out.append(parse_strategy(entry))
+            except ValidationError as err:
+                raise nested_error(err, i) from None
+            except (FinedError, ValueError) as err:
+                raise key_error(
+                    f"{i}.kind" if isinstance(err, FinedError) else str(i), str(err)
+                ) from None
+        return out
+
+    @field_validator("strategies")
+    @classmethod
+    def _names(cls, strategies: list[StrategySpec]) -> list[StrategySpec]:
+        # Labels name directories of the run: a path ("../x", "/tmp/x") would write outside it.
+        for i, spec in enumerate(strategies):
+            if not NAME.fullmatch(spec.label):
+                raise key_error(
+                    f"{i}.label",
+                    f"{spec.label!r} is not a name: use letters, digits and _ - . + (starting "
+                    "with a letter or digit), not a path",
+                )
+        return strategies
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -125,34 +143,28 @@ class RunConfig(StrictModel):
             raise ValueError(f"strategy labels must be unique, repeated: {dupes}")
         if self.baseline not in labels:
             raise ValueError(f"baseline {self.baseline!r} is not one of the strategies {labels}")
-        self._known_models(list(self.model_settings))
         return self
 
-    # Typed views of the free-form sections (validated once, at load time).
-    def train_config(self, **override: Any):
-        from fined.train.config import TrainConfig
+    # -- what each piece is built with -------------------------------------------------------
+    def model_settings_of(self, model: str) -> ModelConfig:
+        return self.model_settings.get(model) or model_class(model).config_class()
 
-        return parse_model(TrainConfig, {**self.train, **override}, "train")
+    def train_config(self, **override: Any) -> TrainConfig:
+        return resolve(TrainConfig, self.train.model_dump(), override, where="train")
 
-    def kb_train_config(self, **override: Any):
-        from fined.train.config import KBTrainConfig
-
-        return parse_model(KBTrainConfig, {**self.kb_train, **override}, "kb_train")
+    def kb_train_config(self, **override: Any) -> KBTrainConfig:
+        return resolve(KBTrainConfig, self.kb_train.model_dump(), override, where="kb_train")
 
     def adaptor_config(self, spec: StrategySpec) -> AdaptorConfig:
-        # A strategy's own finetune_lr / kb_distill, where set, override the run's adaptor.
-        own = {
-            k: getattr(spec, k)
-            for k in ("finetune_lr", "kb_distill")
-            if getattr(spec, k) is not None
-        }
-        update = {**spec.adaptor, **own}
-        return parse_model(
-            AdaptorConfig, {**self.adaptor.model_dump(), **update}, f"strategies.{spec.label}"
-        )
+        """The run's adaptor settings with a FINED variant's own on top."""
+        own = spec.adaptor_overrides() if isinstance(spec, FinedSpec) else {}
+        where = f"strategies.{spec.label}"
+        return resolve(AdaptorConfig, self.adaptor.model_dump(), own, where=where)
 
     def kb_config(self, spec: StrategySpec) -> KBConfig:
-        return parse_model(KBConfig, {**self.kb, **spec.kb}, f"strategies.{spec.label}.kb")
+        """The run's KB settings with a FINED variant's own on top."""
+        own = spec.kb if isinstance(spec, FinedSpec) else {}
+        return resolve(KBConfig, self.kb.model_dump(), own, where=f"strategies.{spec.label}.kb")
 
 
 def load_run_config(
@@ -164,15 +176,10 @@ def load_run_config(
         raise FinedError(f"{path}: expected a mapping at the top level")
     if quick:
         doc = merge(doc, doc.get("quick") or {})
-    for key, value in (sets or {}).items():
-        nested: Any = value
-        for part in reversed(key.split(".")):
-            nested = {part: nested}
-        doc = merge(doc, nested)
+    doc = merge(doc, nested(sets or {}))
     config = parse_model(RunConfig, doc, str(path))
     for spec in config.strategies:  # every KB variant must validate before hours of training
-        config.kb_config(spec)
-        config.adaptor_config(spec)
-    config.train_config()
-    config.kb_train_config()
+        if spec.uses_kb:
+            config.kb_config(spec)
+            config.adaptor_config(spec)
     return config

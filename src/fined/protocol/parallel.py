@@ -12,24 +12,36 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from fined.errors import FinedError
 from fined.io import CAN_LOCK
 
-if TYPE_CHECKING:
-    from fined.protocol.config import RunConfig
-    from fined.protocol.runner import Runner
+
+class OpenedRun(Protocol):
+    """What the workers need of the parent's run: its config, its directory, its progress."""
+
+    config: Any
+    root: Path
+    done: int
+    total: int
+
+    def progress(self, done: int, total: int, current: str, result: str) -> None: ...
 
 
-def run_in_workers(runner: Runner, jobs: int) -> None:
-    """Run every (seed, model) chain of an opened ``runner`` in ``jobs`` processes."""
-    c = runner.config
-    groups = [(seed, model) for seed in c.seeds for model in c.models]
+Worker = Callable[[Any, Path, int, str, Callable[[int, int, str, str], None]], None]
+
+
+def run_in_workers(
+    run: OpenedRun, groups: list[tuple[int, str]], jobs: int, worker: Worker
+) -> None:
+    """Run ``worker(config, root, seed, model, progress)`` for every (seed, model) of
+    ``groups`` in ``jobs`` spawned processes (a module-level function, so that it pickles)."""
     jobs = min(jobs, len(groups))
     if jobs < 2:
         return  # one chain: the parent's own pass runs it, with every thread
@@ -41,54 +53,48 @@ def run_in_workers(runner: Runner, jobs: int) -> None:
     with context.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=context) as pool:
         messages = manager.Queue()
         pending: set[Future] = {
-            pool.submit(_chains, c, runner.root, seed, model, threads, messages, worker)
-            for worker, (seed, model) in enumerate(groups)
+            pool.submit(_in_worker, worker, run.config, run.root, seed, model, threads, messages, i)
+            for i, (seed, model) in enumerate(groups)
         }
         seen: dict[int, int] = {}
         try:
             while pending:
                 finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-                _relay(runner, messages, seen)
+                _relay(run, messages, seen)
                 for future in finished:
                     future.result()  # a worker's error ends the run here
         except BaseException:
             for future in pending:
                 future.cancel()  # chains not started yet; running ones finish their cell
             raise
-        _relay(runner, messages, seen)
+        _relay(run, messages, seen)
 
 
-def _relay(runner: Runner, messages: Any, seen: dict[int, int]) -> None:
+def _relay(run: OpenedRun, messages: Any, seen: dict[int, int]) -> None:
     """Pass the workers' progress on, counting each worker's finished cells once."""
     while True:
         try:
             worker, done, current, result = messages.get_nowait()
         except queue.Empty:
             return
-        runner.done += done - seen.get(worker, 0)
+        run.done += done - seen.get(worker, 0)
         seen[worker] = done
-        runner.progress(runner.done, runner.total, current, result)
+        run.progress(run.done, run.total, current, result)
 
 
-def _chains(
-    config: RunConfig,
+def _in_worker(
+    worker: Worker,
+    config: Any,
     root: Path,
     seed: int,
     model: str,
     threads: int,
     messages: Any,
-    worker: int,
+    index: int,
 ) -> None:
-    """One worker: the warm-up and every strategy's chain of one (seed, model)."""
-    from fined.protocol.runner import Runner
-
     torch.set_num_threads(threads)
 
     def report(done: int, total: int, current: str, result: str) -> None:
-        messages.put((worker, done, current, result))
+        messages.put((index, done, current, result))
 
-    runner = Runner(config, root, report)
-    runner.open()
-    runner.warmup(model, seed)
-    for spec in config.strategies:
-        runner.chain(spec, model, seed)
+    worker(config, root, seed, model, report)

@@ -7,67 +7,46 @@ strategy's rows for t, select the epoch on P_t's held-out slice, test on P_{t+1}
 the held-out slices of P_0..P_t (row t of the forgetting matrix). The test period is only
 scored, never used for a choice.
 
-Every finished (strategy, model, seed, period) cell leaves ``model.safetensors`` and
-``record.json`` (written last: its presence marks the cell done, and it holds the weights'
-sha256, checked whenever they are read); a cell cut short resumes from the trainer's last
-epoch checkpoint, a KB build from its own. So a killed run, started again, ends with the same
-numbers. Seeds are derived from (seed, period), never from how far a previous process got.
+Every finished cell leaves its model and its record (``RunDirectory``: the record, written
+last, marks it done and holds the weights' sha256, checked whenever they are read); a cell
+cut short resumes from the trainer's last epoch checkpoint, a KB build from its own. So a
+killed run, started again, ends with the same numbers. Seeds are derived from (seed, period)
+(``step_seed``), never from how far a previous process got.
 
-The run directory is claimed and locked for the run's life (``fined.outputs``); everything
-the config implies is checked before ``config.json`` is written, and a run refuses to resume
-on a changed config or changed data.
+The pieces: the run directory (layout, config, records), the KB cache, the strategies (each
+sees the run through a ``StrategyContext``), and this runner, which checks everything the
+config implies before writing ``config.json``, then executes the chains.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from fined.artifacts.kb_store import FORMAT, kb_bytes, load_kb
-from fined.artifacts.weights import read_weights, save_weights
+from fined.artifacts.kb_store import FORMAT, kb_bytes
 from fined.data.loader import PeriodStore
 from fined.errors import FinedError
-from fined.io import atomic_write_json, exclusive, read_json
-from fined.knowledge.knowledge_base import KBConfig, KnowledgeBase
+from fined.knowledge.knowledge_base import KnowledgeBase
 from fined.models.ctr_model import CTRModel, build_model
-from fined.outputs import owned_directory, read_marker
-from fined.protocol.config import RunConfig, StrategySpec
+from fined.models.trainable import Trainable
+from fined.outputs import read_marker
+from fined.protocol.config import RunConfig
 from fined.protocol.data import ProtocolData
-from fined.protocol.strategies import STRATEGIES
+from fined.protocol.kb_cache import KBCache
+from fined.protocol.run_directory import RunDirectory
+from fined.protocol.strategies import StrategyContext, StrategySpec, step_seed
 from fined.train.kb_builder import check_l0_ramp
 from fined.train.trainer import Trainer, seed_everything
 
-RECORD, WEIGHTS = "record.json", "model.safetensors"
-COMMAND = "run"  # the owner named in a run directory's marker
-# Everything a run writes at the top of its directory: what --restart deletes (nothing else).
-ENTRIES = (
-    "config.json", "data", "kb", "warmup", "cells", "results.csv", "forgetting.csv",
-    "summary.csv", "report.md", "figures",
-)  # fmt: skip
 Progress = Callable[[int, int, str, str], None]  # (done, total, current step, last result)
-
-
-def step_seed(seed: int, period: int) -> int:
-    return seed * 1000 + period
-
-
-def _digest(path: Path, record: dict[str, Any]) -> str:
-    digest = record.get("weights_sha256") if isinstance(record, dict) else None
-    if not isinstance(digest, str):
-        raise FinedError(f"{path}: no weights_sha256 (not a complete cell record)")
-    return digest
 
 
 class Runner:
     def __init__(self, config: RunConfig, root: str | Path, progress: Progress | None = None):
         self.config, self.root = config, Path(root)
+        self.directory = RunDirectory(root)
         self.progress = progress or (lambda *a: None)
         self.done = 0
 
@@ -79,18 +58,7 @@ class Runner:
         c = self.config
         # The KB format too: cells and cached KBs of an older layout cannot be resumed.
         resolved = c.model_dump(mode="json", exclude={"quick"}) | {"kb_format": FORMAT}
-        stored_path = self.root / "config.json"
-        stored = read_json(stored_path, "run config") if stored_path.exists() else None
-        if stored is not None and not isinstance(stored, dict):
-            raise FinedError(f"{stored_path}: not a valid run config (not a JSON object)")
-        if (
-            stored is not None
-            and {k: v for k, v in stored.items() if k != "data_fingerprint"} != resolved
-        ):
-            raise FinedError(
-                f"{self.root} holds a run with a different config "
-                "(choose another --out, or --restart to discard it)"
-            )
+        stored = self.directory.check_config(resolved)
         self.store = self._store()
         self.data = ProtocolData(self.store)
         fmap = self.store.feature_map
@@ -112,16 +80,25 @@ class Runner:
             )
         self.steps = list(range(self.s, last))  # trained at t, tested on t + 1
         self._check_against_data()
-        self.default_kb_bytes = kb_bytes(
-            KnowledgeBase(fmap, KBConfig.model_validate(c.kb), self.s - 1)
+        self.default_kb_bytes = kb_bytes(KnowledgeBase(fmap, c.kb, self.s - 1))
+        self.kbs = KBCache(
+            self.directory,
+            self.store,
+            c.kb_train,
+            self.s,
+            announce=lambda what: self.progress(self.done, self.total, what, ""),
+            built=lambda what: self._tick(what, "built"),
         )
-        kb_keys = {
-            (self._kb_key(spec), seed) for spec in c.strategies if spec.uses_kb for seed in c.seeds
+        variants = {
+            (self.kbs.name(c.kb_config(spec), seed, self.s - 1))
+            for spec in c.strategies
+            if spec.uses_kb
+            for seed in c.seeds
         }
         cells = len(c.seeds) * len(c.models) * (1 + len(c.strategies) * len(self.steps))
-        self.total = cells + len(kb_keys)
+        self.total = cells + len(variants)
         if stored is None:
-            atomic_write_json(stored_path, resolved)
+            self.directory.write_config(resolved)
 
     def _check_against_data(self) -> None:
         """What only the data can tell: every model and KB variant builds on it, and every
@@ -137,7 +114,7 @@ class Runner:
                 KnowledgeBase(fmap, kb_config, self.s - 1)
             except ValueError as err:
                 raise FinedError(f"strategies.{spec.label}.kb: {err}") from None
-            check_l0_ramp(kb_config, c.kb_train_config(), kb_rows)
+            check_l0_ramp(kb_config, c.kb_train, kb_rows)
             tokens = c.adaptor_config(spec).tokens
             for model in c.models:
                 self.base_model(model, tokens)
@@ -146,7 +123,8 @@ class Runner:
         data = self.config.data
         if data.prepared is not None:
             return PeriodStore(data.prepared)
-        directory = self.root / "data"
+        assert data.prepare is not None
+        directory = self.directory.data
         job = data.prepare.model_dump(mode="json")
         marker = read_marker(directory) if directory.is_dir() else None
         if marker is None or marker.get("job") != job:  # none yet, or from another config
@@ -162,39 +140,25 @@ class Runner:
 
     # -- shared pieces ---------------------------------------------------------------------
     def base_model(self, model: str, tokens: int = 0) -> CTRModel:
-        settings = self.config.model_settings.get(model, {})
+        settings = self.config.model_settings_of(model)
         return build_model(model, self.data.feature_map, settings, knowledge_tokens=tokens)
 
-    def _kb_key(self, spec: StrategySpec) -> str:
-        blob = json.dumps(self.config.kb_config(spec).model_dump(), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    def context(self, spec: StrategySpec, model: str, seed: int) -> StrategyContext:
+        """What the strategy ``spec`` may use in the chain of (model, seed)."""
+        c = self.config
+        kb_config = c.kb_config(spec)
+        return StrategyContext(
+            data=self.data,
+            model=model,
+            seed=seed,
+            base_model=lambda tokens: self.base_model(model, tokens),
+            knowledge_base=lambda through: self.kbs.get(kb_config, seed, through, spec.label),
+            adaptor=c.adaptor_config(spec),
+            kb_train=c.kb_train,
+            default_kb_bytes=self.default_kb_bytes,
+        )
 
-    def knowledge_base(
-        self, spec: StrategySpec, seed: int, through: int | None = None
-    ) -> KnowledgeBase:
-        """The KB of periods 0..``through`` (default: the first s) for this variant and seed,
-        built once, then loaded."""
-        from fined.train.kb_builder import build_knowledge_base
-
-        through = self.s - 1 if through is None else through
-        name = f"{self._kb_key(spec)}-seed{seed}" + (f"-to{through}" if through >= self.s else "")
-        directory = self.root / "kb" / name
-        # Chains of the same seed in other worker processes (--jobs) may need it at once.
-        with exclusive(self.root / "kb" / f".{name}.lock"):
-            if not (directory / "kb.json").is_file():
-                label = f"knowledge base {spec.label} seed {seed} through {through}"
-                self.progress(self.done, self.total, label, "")
-                config = self.config.kb_config(spec)
-                train = self.config.kb_train_config(seed=seed, progress=False)
-                periods = list(range(through + 1))
-                build_knowledge_base(self.store, periods, config, train, directory, resume=True)
-                shutil.rmtree(directory / "checkpoints", ignore_errors=True)
-                if through < self.s:  # rebuilt KBs are part of their cell, not counted apart
-                    self._tick(label, "built")
-        kb, _ = load_kb(directory, self.data.feature_map)
-        return kb
-
-    def _evaluate(self, net: nn.Module, t: int) -> tuple[dict[str, float], dict[str, float]]:
+    def _evaluate(self, net: Trainable, t: int) -> tuple[dict[str, float], dict[str, float]]:
         """Test metrics on P_{t+1} and the AUC on the held-out slice of every P_i, i <= t."""
         trainer = Trainer(net, self.config.train_config(progress=False))
         test = trainer.evaluate(self.data.test(t + 1, t))
@@ -205,18 +169,18 @@ class Runner:
 
     # -- the warm-up model ------------------------------------------------------------------
     def warmup(self, model: str, seed: int) -> dict[str, Any]:
-        directory = self.root / "warmup" / model / f"seed{seed}"
+        cell = self.directory.warmup(model, seed)
         label = f"warm-up {model} seed {seed}"
-        if (directory / RECORD).is_file():
+        if self.directory.done(cell):
             self._tick(label)
-            return read_json(directory / RECORD, "warm-up record")
+            return self.directory.record(cell, "warm-up record")
         t = self.s - 1
         past = list(range(self.s))
         seed_everything(step_seed(seed, t))
         net = self.base_model(model)
         trainer = Trainer(net, self.config.train_config(seed=step_seed(seed, t), progress=False))
         fit = trainer.fit(
-            self.data.train(past, t), self.data.holdout(past, t), directory / "train", resume=True
+            self.data.train(past, t), self.data.holdout(past, t), cell / "train", resume=True
         )
         test, forgetting = self._evaluate(net, t)
         record = {
@@ -228,35 +192,28 @@ class Runner:
             "test_auc": test["auc"],
             "forgetting": forgetting,
         }
-        self._finish(directory, net, record)
+        self.directory.finish(cell, net, {"train_periods": past}, record)
         self._tick(label, f"valid AUC {fit.best.get('auc', float('nan')):.4f}")
         return record
 
-    def _finish(self, directory: Path, net: nn.Module, record: dict[str, Any]) -> None:
-        record["weights_sha256"] = save_weights(directory / WEIGHTS, net)
-        atomic_write_json(directory / RECORD, record)  # last: marks the cell done
-        shutil.rmtree(directory / "train", ignore_errors=True)
-
     # -- one strategy's chain over the periods -----------------------------------------------
     def chain(self, spec: StrategySpec, model: str, seed: int) -> list[dict[str, Any]]:
-        strategy = STRATEGIES[spec.kind](spec, self, model, seed)
-        cell = self.root / "cells" / spec.label / model / f"seed{seed}"
-        warmup = self.root / "warmup" / model / f"seed{seed}"
-        done = read_json(warmup / RECORD, "warm-up record")
-        previous = read_weights(warmup / WEIGHTS, _digest(warmup / RECORD, done))
+        strategy = spec.strategy(spec, self.context(spec, model, seed))
+        chain = self.directory.chain(spec.label, model, seed)
+        warmup = self.directory.warmup(model, seed)
+        previous = self.directory.weights(warmup, self.directory.record(warmup, "warm-up record"))
         from_warmup = True
-        records = []
+        records: list[dict[str, Any]] = []
         fmap = self.data.feature_map
         for t in self.steps:
-            directory = cell / f"t{t}"
+            cell = chain / f"t{t}"
             label = f"{spec.label} {model} seed {seed} {fmap.periods[t].name}"
-            if (directory / RECORD).is_file():
-                records.append(read_json(directory / RECORD, "cell record"))
+            if self.directory.done(cell):
+                records.append(self.directory.record(cell))
                 self._tick(label)
                 continue
             if records:  # the model of t-1, as saved (a resumed run reads the same file)
-                before = cell / f"t{records[-1]['t']}"
-                previous = read_weights(before / WEIGHTS, _digest(before / RECORD, records[-1]))
+                previous = self.directory.weights(chain / f"t{records[-1]['t']}", records[-1])
                 from_warmup = False
             self.progress(self.done, self.total, label, "")
             seed_everything(step_seed(seed, t))  # the initial weights of a fresh model
@@ -264,7 +221,7 @@ class Runner:
             config = self.config.train_config(seed=step_seed(seed, t), progress=False)
             rows = strategy.rows(t)
             fit = Trainer(strategy.trainable(net), config).fit(
-                rows, self.data.holdout([t], t), directory / "train", resume=True
+                rows, self.data.holdout([t], t), cell / "train", resume=True
             )
             net.eval()
             test, forgetting = self._evaluate(net, t)
@@ -289,9 +246,9 @@ class Runner:
                 "bytes_kept": kept,
                 "forgetting": forgetting,
             }
-            self._finish(directory, net, record)
-            if records:  # only the newest model is needed to go on (and to resume)
-                (cell / f"t{records[-1]['t']}" / WEIGHTS).unlink(missing_ok=True)
+            self.directory.finish(cell, net, {"train_periods": strategy.periods(t)}, record)
+            if records:
+                self.directory.drop_model(chain / f"t{records[-1]['t']}")
             records.append(record)
             self._tick(label, f"test AUC {test['auc']:.4f}")
         return records
@@ -305,7 +262,7 @@ class Runner:
         spec = next((x for x in self.config.strategies if x.uses_kb), None)
         if spec is None:
             return False
-        kb = self.knowledge_base(spec, self.config.seeds[0])
+        kb = self.kbs.get(self.config.kb_config(spec), self.config.seeds[0], label=spec.label)
         past = list(range(self.s))
         gate_heatmap(inspect_kb(kb, self.data.holdout(past, self.s - 1)), path)
         return True
@@ -318,22 +275,33 @@ class Runner:
         then reads what they wrote, as when a run resumes."""
         from fined.protocol.outputs import write_outputs
 
-        with owned_directory(self.root, COMMAND, restart=ENTRIES if restart else None):
+        with self.directory.claimed(restart):
             self.open()
-            result = self._cells(jobs)
+            started = time.perf_counter()
+            if jobs > 1:
+                self._in_workers(jobs)
+            result = self._cells()
+            result["seconds"] = time.perf_counter() - started
             periods = [p.name for p in self.data.feature_map.periods]
             summary = write_outputs(self.root, self.config, result, periods, self.s)
             self.kb_figure(self.root / "figures" / "kb_patterns.png")
         return summary
 
-    def _cells(self, jobs: int) -> dict[str, Any]:
-        c = self.config
-        started = time.perf_counter()
-        if jobs > 1:
-            from fined.protocol.parallel import run_in_workers
+    def chains_of(self, model: str, seed: int) -> None:
+        """The warm-up and every strategy's chain of one (model, seed)."""
+        self.warmup(model, seed)
+        for spec in self.config.strategies:
+            self.chain(spec, model, seed)
 
-            run_in_workers(self, jobs)
-            self.done = 0
+    def _in_workers(self, jobs: int) -> None:
+        from fined.protocol.parallel import run_in_workers
+
+        groups = [(seed, model) for seed in self.config.seeds for model in self.config.models]
+        run_in_workers(self, groups, jobs, _worker)
+        self.done = 0
+
+    def _cells(self) -> dict[str, Any]:
+        c = self.config
         warmups: dict[tuple[str, int], dict[str, Any]] = {}
         records: list[dict[str, Any]] = []
         for seed in c.seeds:
@@ -341,4 +309,12 @@ class Runner:
                 warmups[(model, seed)] = self.warmup(model, seed)
                 for spec in c.strategies:
                     records.extend(self.chain(spec, model, seed))
-        return {"records": records, "warmups": warmups, "seconds": time.perf_counter() - started}
+        return {"records": records, "warmups": warmups}
+
+
+def _worker(config: RunConfig, root: Path, seed: int, model: str, progress: Progress) -> None:
+    """One worker process of ``--jobs``: the chains of one (seed, model) of a run its parent
+    holds and has opened."""
+    runner = Runner(config, root, progress)
+    runner.open()
+    runner.chains_of(model, seed)

@@ -1,0 +1,125 @@
+"""The run directory of ``fined run``: its layout, its ``config.json``, and the cells' files.
+
+::
+
+    config.json            the resolved config, with the data fingerprint it started with
+    data/                  the prepared data (when the config names a prepare job)
+    kb/NAME/               knowledge bases, built once per variant and seed
+    warmup/MODEL/seedS/    the shared warm-up model of each (model, seed)
+    cells/LABEL/MODEL/seedS/tT/
+                           one (strategy, model, seed, period) cell: model.safetensors and
+                           model.json (loadable by ``fined evaluate``/``predict``), then
+                           record.json, written last: its presence marks the cell done
+    results.csv, forgetting.csv, summary.csv, report.md, figures/
+
+The directory is claimed and locked for the run's life (``fined.outputs``); ``--restart``
+deletes exactly the entries above, nothing a user put beside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fined.artifacts.model_store import META as MODEL
+from fined.artifacts.model_store import save_model
+from fined.artifacts.weights import read_weights
+from fined.errors import FinedError
+from fined.io import atomic_write_json, read_json
+from fined.models.trainable import Trainable
+from fined.outputs import owned_directory
+
+COMMAND = "run"  # the owner named in a run directory's marker
+RECORD, WEIGHTS, CONFIG = "record.json", "model.safetensors", "config.json"
+# Everything a run writes at the top of its directory: what --restart deletes (nothing else).
+ENTRIES = (
+    CONFIG, "data", "kb", "warmup", "cells", "results.csv", "forgetting.csv", "summary.csv",
+    "report.md", "figures",
+)  # fmt: skip
+
+
+class RunDirectory:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @contextlib.contextmanager
+    def claimed(self, restart: bool = False) -> Iterator[RunDirectory]:
+        """Hold the directory for a run (``restart``: first delete what a run wrote)."""
+        with owned_directory(self.root, COMMAND, restart=ENTRIES if restart else None):
+            yield self
+
+    # -- layout ------------------------------------------------------------------------------
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def kb(self, name: str) -> Path:
+        return self.root / "kb" / name
+
+    def warmup(self, model: str, seed: int) -> Path:
+        return self.root / "warmup" / model / f"seed{seed}"
+
+    def chain(self, label: str, model: str, seed: int) -> Path:
+        return self.root / "cells" / label / model / f"seed{seed}"
+
+    # -- config.json -------------------------------------------------------------------------
+    def stored_config(self) -> dict[str, Any] | None:
+        path = self.root / CONFIG
+        if not path.exists():
+            return None
+        stored = read_json(path, "run config")
+        if not isinstance(stored, dict):
+            raise FinedError(f"{path}: not a valid run config (not a JSON object)")
+        return stored
+
+    def check_config(self, resolved: dict[str, Any]) -> dict[str, Any] | None:
+        """The config an earlier start wrote, if any; a different one is refused (what the
+        data fingerprint says is checked once the data is open)."""
+        stored = self.stored_config()
+        if stored is not None and {k: v for k, v in stored.items() if k != "data_fingerprint"} != {
+            k: v for k, v in resolved.items() if k != "data_fingerprint"
+        }:
+            raise FinedError(
+                f"{self.root} holds a run with a different config "
+                "(choose another --out, or --restart to discard it)"
+            )
+        return stored
+
+    def write_config(self, resolved: dict[str, Any]) -> None:
+        atomic_write_json(self.root / CONFIG, resolved)
+
+    # -- cells ---------------------------------------------------------------------------------
+    @staticmethod
+    def done(cell: Path) -> bool:
+        return (cell / RECORD).is_file()
+
+    @staticmethod
+    def record(cell: Path, what: str = "cell record") -> dict[str, Any]:
+        record = read_json(cell / RECORD, what)
+        if not isinstance(record, dict) or not isinstance(record.get("weights_sha256"), str):
+            raise FinedError(f"{cell / RECORD}: not a complete cell record")
+        return record
+
+    @staticmethod
+    def weights(cell: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The cell's model, checked against the digest its record holds."""
+        return read_weights(cell / WEIGHTS, record["weights_sha256"])
+
+    @staticmethod
+    def finish(cell: Path, net: Trainable, info: dict[str, Any], record: dict[str, Any]) -> None:
+        """The cell's model (loadable on its own), then its record (last: marks it done);
+        then the trainer's checkpoints go."""
+        record["weights_sha256"] = save_model(cell, net, info)
+        atomic_write_json(cell / RECORD, record)
+        shutil.rmtree(cell / "train", ignore_errors=True)
+
+    @staticmethod
+    def drop_model(cell: Path) -> None:
+        """Only the newest model of a chain is kept: to go on, and to resume."""
+        (cell / MODEL).unlink(missing_ok=True)
+        (cell / WEIGHTS).unlink(missing_ok=True)

@@ -1,0 +1,121 @@
+"""The FINED strategies: the base model fed by a knowledge base of the past.
+
+- ``fined``: a frozen KB of the first s periods;
+- ``fined_streaming``: after each period the KB absorbs it (a few epochs on its rows,
+  distilled towards its previous snapshot); its size stays fixed and no raw row is kept;
+- ``fined_rebuild``: the reference for streaming: after each period the KB is rebuilt from
+  all the raw past (which must therefore be kept), and swapped in under the adaptor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from fined.artifacts.kb_store import kb_bytes
+from fined.knowledge.fined_model import FinedModel
+from fined.knowledge.knowledge_base import KnowledgeBase
+from fined.models.trainable import Trainable
+from fined.models.warm_start import load_overlapping
+from fined.protocol.data import batch_bytes
+from fined.protocol.distill import Distilled
+from fined.protocol.strategies import Strategy, StrategySpec, register_strategy
+
+
+class FinedSpec(StrategySpec):
+    kb: dict[str, Any] = Field(default_factory=dict)  # KB settings of this variant
+    adaptor: dict[str, Any] = Field(default_factory=dict)  # adaptor settings of this variant
+    # Fine-tune the KB at this rate (None: the run's adaptor setting, frozen by default).
+    finetune_lr: float | None = Field(None, gt=0)
+    # Start the base model from the shared warm-up model (False: from scratch at the first
+    # period, so that all it knows of the KB's periods comes through the KB).
+    warmup_base: bool = True
+    # Weight of the distillation towards the KB's own predictions (None: the run's adaptor
+    # setting, 0.2 by default; 0: tokens alone).
+    kb_distill: float | None = Field(None, ge=0)
+
+    def adaptor_overrides(self) -> dict[str, Any]:
+        """This variant's adaptor settings (its own finetune_lr / kb_distill, where set, on
+        top of its ``adaptor`` section)."""
+        own = {k: v for k, v in (("finetune_lr", self.finetune_lr),
+                                 ("kb_distill", self.kb_distill)) if v is not None}  # fmt: skip
+        return {**self.adaptor, **own}
+
+
+@register_strategy("fined")
+class Fined(Strategy):
+    spec: FinedSpec
+    spec_class = FinedSpec
+    uses_kb = True
+
+    def kb(self, t: int) -> KnowledgeBase:
+        return self.context.knowledge_base(None)
+
+    def fresh(self, t: int) -> FinedModel:
+        adaptor = self.context.adaptor
+        return FinedModel(self.context.base_model(adaptor.tokens), self.kb(t), adaptor)
+
+    def build(self, t: int, previous: dict[str, torch.Tensor], from_warmup: bool) -> Trainable:
+        net = self.fresh(t)
+        if from_warmup:  # the shared warm-up model has no knowledge tokens yet
+            if self.spec.warmup_base:
+                load_overlapping(net.base, previous)
+        elif self.spec.warm:
+            net.load_state_dict(previous)
+        return net
+
+    def bytes_kept(self, net: Trainable, t: int) -> int:
+        assert isinstance(net, FinedModel)
+        return kb_bytes(net.kb)  # the KB the model was trained with
+
+
+class FinedStreamingSpec(FinedSpec):
+    absorb_epochs: int = Field(2, ge=1)  # epochs the KB spends on a period
+    absorb_weight: float = Field(1.0, ge=0)  # pull towards the last snapshot
+
+
+@register_strategy("fined_streaming")
+class FinedStreaming(Fined):
+    spec: FinedStreamingSpec
+    spec_class = FinedStreamingSpec
+
+    def kb(self, t: int) -> KnowledgeBase:
+        kb = self.context.knowledge_base(None)
+        # The KB inside the model of t-1 has absorbed the periods through t-1.
+        kb.set_known_through(max(t - 1, kb.known_through))
+        return kb
+
+    def after_period(self, net: Trainable, t: int) -> None:
+        from fined.train.trainer import Trainer
+
+        assert isinstance(net, FinedModel)
+        kb = net.kb
+        student = Distilled(kb, kb, self.spec.absorb_weight)  # the teacher: a copy taken now
+        kb.set_known_through(t)
+        kb.requires_grad_(True)
+        epochs = self.spec.absorb_epochs
+        update = {"epochs": epochs, "patience": epochs, "select_after": 0,
+                  "seed": self.context.step_seed(t), "progress": False}  # fmt: skip
+        config = self.context.kb_train.model_copy(update=update)
+        Trainer(student, config).fit(self.data.train([t], t), self.data.holdout([t], t))
+        kb.requires_grad_(net.adaptor_config.finetune_lr is not None)
+        kb.eval()
+
+
+@register_strategy("fined_rebuild")
+class FinedRebuild(Fined):
+    def kb(self, t: int) -> KnowledgeBase:
+        return self.context.knowledge_base(t - 1)
+
+    def build(self, t: int, previous: dict[str, torch.Tensor], from_warmup: bool) -> Trainable:
+        if from_warmup:
+            return super().build(t, previous, from_warmup)
+        net = self.fresh(t)
+        own = {k: v for k, v in previous.items() if not k.startswith("kb.")}
+        net.load_state_dict({**net.state_dict(), **own})  # the new KB, the rest warm
+        return net
+
+    def bytes_kept(self, net: Trainable, t: int) -> int:
+        return super().bytes_kept(net, t) + batch_bytes(self.data.train(list(range(t)), t))
