@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml requirements/cpu.txt
 demo: setup
 	$(VENV)/bin/fined run configs/movielens100k.yaml --quick --restart --out $(DEMO)
 
-# pytest exits 5 when it collects no test: make treats that, like any failure, as an error.
+# The type check of src/ (mypy, configured in pyproject.toml), then the tests. pytest exits 5
+# when it collects no test: make treats that, like any failure, as an error.
 test: setup
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 lint: setup

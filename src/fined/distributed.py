@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -112,3 +114,15 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad)
             p.grad /= ctx.world
+
+
+def record_rank(directory: Path, reads: list[dict[str, Any]]) -> None:
+    """``DIRECTORY/ranks/rank{r}.json``: this worker's pid and the rows it read (one file per
+    rank, for tools and tests that check the shares are disjoint, or need to stop one rank);
+    nothing with a single process."""
+    from fined.io import atomic_write_json
+
+    ctx = context()
+    if ctx.active:
+        info = {"rank": ctx.rank, "world": ctx.world, "pid": os.getpid(), "reads": reads}
+        atomic_write_json(directory / "ranks" / f"rank{ctx.rank}.json", info)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import json
 import os
 import re
@@ -20,11 +21,8 @@ from typing import Any
 
 from fined.errors import FinedError
 
-try:
-    import fcntl
-except ImportError:  # Windows: no POSIX locks; work that needs one refuses to start there
-    fcntl = None
-CAN_LOCK = fcntl is not None
+# Windows has no POSIX locks: work that needs one refuses to start there.
+CAN_LOCK = importlib.util.find_spec("fcntl") is not None
 
 
 def _umask() -> int:
@@ -152,9 +150,11 @@ def exclusive(lock: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on the file ``lock`` (created if missing) across processes: for
     work that two processes could otherwise do at once into the same place. Without POSIX
     locks (Windows) it does nothing: only single-process runs are allowed there."""
-    if fcntl is None:
+    if not CAN_LOCK:
         yield
         return
+    import fcntl
+
     lock = Path(lock)
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:

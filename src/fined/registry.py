@@ -39,6 +39,10 @@ class Registry(Generic[T]):
         self._load()
         return sorted(self._entries)
 
+    def unregister(self, name: str) -> None:
+        """Forget an entry (one registered for a while, e.g. by a test)."""
+        self._entries.pop(name, None)
+
     def get(self, name: str) -> T:
         """The entry called ``name`` (case-insensitive); unknown names are a FinedError."""
         self._load()

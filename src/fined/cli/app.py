@@ -65,20 +65,12 @@ def load_settings(path: Path | None, sets: list[str]) -> tuple[dict, dict]:
 _ARGV: list[str] = []  # this invocation's arguments, for relaunching it under torchrun
 
 
-def launch_workers(nproc: int, out: Path) -> bool:
+def launch_workers(nproc: int, out: Path) -> None:
     """``--nproc N``: run this very command in N processes under torchrun (one machine) and
-    return True when they are done; False when there is nothing to launch (N = 1, or we are
-    already one of torchrun's workers). Worker logs go to ``OUT/workers.log``; a failed worker
-    ends in one error line that says how to resume."""
-    import re
+    return when they are done. Worker logs go to ``OUT/workers.log``; a failed worker ends in
+    one error line that says how to resume."""
     import subprocess
 
-    from fined.distributed import launched
-
-    if nproc < 1:
-        raise FinedError(f"--nproc {nproc}: expected at least 1")
-    if nproc == 1 or launched():
-        return False
     args, skip = [], False
     for a in _ARGV:  # drop --nproc N / --nproc=N
         if skip:
@@ -89,12 +81,11 @@ def launch_workers(nproc: int, out: Path) -> bool:
             args.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", "fined.cli", *args]  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
     log = out / "workers.log"
     with log.open("wb") as sink:
         code = subprocess.run(cmd, stderr=sink, check=False).returncode
     if code == 0:
-        return True
+        return
     text = log.read_text(errors="replace")
     said = re.findall(r"^error: (.+)$", text, re.M)  # a worker's own one-line user error
     if said:
@@ -109,19 +100,6 @@ def launch_workers(nproc: int, out: Path) -> bool:
         f"{who} of {nproc} failed{how}; the others were stopped. Details in {log}. "
         f"Checkpoints up to the last finished epoch are in {out}: rerun with --resume"
     )
-
-
-def record_rank(out: Path, ctx, store=None) -> None:
-    """``OUT/ranks/rank{r}.json``: this worker's pid and the rows it read (one file per rank,
-    for tools and tests that check the shares are disjoint, or need to stop one rank)."""
-    import os
-
-    from fined.io import atomic_write_json
-
-    if ctx.active:
-        reads = store.reads if store is not None else []
-        info = {"rank": ctx.rank, "world": ctx.world, "pid": os.getpid(), "reads": reads}
-        atomic_write_json(out / "ranks" / f"rank{ctx.rank}.json", info)
 
 
 def print_error(message: str) -> None:

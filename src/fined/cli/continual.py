@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -19,7 +19,7 @@ class _Reporter:
 
     def __init__(self) -> None:
         self.live = sys.stderr.isatty()
-        self.bar = None
+        self.bar: Any = None  # a rich Progress, started on the first report
         self.started = time.perf_counter()
         self.first_done: int | None = None
 

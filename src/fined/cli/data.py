@@ -20,7 +20,7 @@ def data_prepare(
     dataset: Annotated[
         str | None, typer.Option(help="A built-in dataset name instead of a config.")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Output directory (replaced atomically).")] = ...,
+    out: Annotated[Path, typer.Option(help="Output directory (replaced atomically).")] = ...,  # type: ignore[assignment]  # typer's "required"
     option: Annotated[
         list[str], typer.Option("--option", "-o", help="Adapter option KEY=VALUE.")
     ] = [],  # noqa: B006

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fined.cli.app import app, console, launch_workers, load_settings, record_rank
+from fined.cli.app import app, console, launch_workers, load_settings
 from fined.errors import FinedError
 
 COMMAND = "kb build"  # the owner named in a knowledge-base directory's marker
@@ -48,11 +48,14 @@ def build(
     from fined import distributed
     from fined.outputs import owned_directory
 
+    if nproc < 1:
+        raise FinedError(f"--nproc {nproc}: expected at least 1")
     # The parent of torchrun's workers (or the only process) holds OUT for the whole build.
     with nullcontext() if distributed.launched() else owned_directory(out, COMMAND):
         if (out / "kb.json").exists():
             raise FinedError(f"{out}: already holds a knowledge base; choose another --out")
-        if launch_workers(nproc, out):
+        if nproc > 1 and not distributed.launched():
+            launch_workers(nproc, out)
             console.print(f"{nproc} workers done: {out}")
             return
         _build(data, periods, out, config, set_, no_essential, no_disentangled, no_l0, dense_gates)
@@ -71,7 +74,7 @@ def _build(
 ) -> None:
     from fined import distributed
     from fined.artifacts.kb_store import kb_info
-    from fined.config import parse_model
+    from fined.config import resolve
     from fined.data.loader import PeriodStore
     from fined.knowledge.knowledge_base import KBConfig
     from fined.train.config import KBTrainConfig
@@ -88,12 +91,12 @@ def _build(
     ):
         if flag:
             kb_over[key] = value
-    kb_cfg = parse_model(KBConfig, kb_over, "kb")
-    train_cfg = parse_model(KBTrainConfig, train_over, "train")
+    kb_cfg = resolve(KBConfig, kb_over, where="kb")
+    train_cfg = resolve(KBTrainConfig, train_over, where="train")
     store = PeriodStore(data, shard=ctx.shard)  # with several ranks, each reads its share
     chosen = parse_periods(periods, store.feature_map)
     built = build_knowledge_base(store, chosen, kb_cfg, train_cfg, out)
-    record_rank(out, ctx, store)
+    distributed.record_rank(out, store.reads)
     distributed.teardown()
     if not ctx.main:
         return

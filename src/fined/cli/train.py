@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from fined.cli.app import app, console, launch_workers, load_settings, record_rank
+from fined.cli.app import app, console, launch_workers, load_settings
 from fined.errors import FinedError
-
-RUN_FILE = "run.json"
-COMMAND = "train"  # the owner named in a training run directory's marker
 
 
 def _fmt(v: float | None) -> str:
@@ -72,122 +68,34 @@ def train(
     With ``--kb``, the model is fed instance-wise knowledge from a frozen knowledge base
     (``adaptor.*`` keys of ``--set`` tune the adaptor)."""
     from fined import distributed
-    from fined.artifacts.model_store import describe_model, save_model
-    from fined.config import parse_model
-    from fined.data.loader import PeriodStore
-    from fined.io import atomic_write_json
     from fined.outputs import owned_directory
-    from fined.train.config import TrainConfig
-    from fined.train.selection import make_split
-    from fined.train.trainer import Trainer, seed_everything
+    from fined.train.job import COMMAND, train_model
 
-    # The parent of torchrun's workers (or the only process) holds OUT for the whole job.
-    with nullcontext() if distributed.launched() else owned_directory(out, COMMAND):
-        if launch_workers(nproc, out):
-            console.print(f"{nproc} workers done: {out}")
-            return
-        ctx = distributed.setup()
-        if ctx.active and valid.startswith("tail"):
-            raise FinedError("--valid tail needs every row in one process; use holdout or periods")
-        model_over, train_over = load_settings(config, set_)
-        adaptor_over = {
-            k.removeprefix("adaptor."): model_over.pop(k)
-            for k in list(model_over)
-            if k.startswith("adaptor.")
-        }
-        if seed is not None:
-            train_over["seed"] = seed
-        train_cfg = parse_model(TrainConfig, train_over, "train")
-        store = PeriodStore(data, shard=ctx.shard)  # with several ranks, each reads its share
-        split = make_split(store, train_periods, valid, test)
-        seed_everything(train_cfg.seed, train_cfg.deterministic)  # the initial weights too
-        last = max(split.train_periods)
-        net = _build(store, model, model_over, kb, kb_finetune, adaptor_over, last)
-        run = {
-            "data": str(data),
-            "data_fingerprint": store.feature_map.data_fingerprint,
-            "fingerprint": store.feature_map.fingerprint,
-            **describe_model(net),
-            "train_config": train_cfg.model_dump(),
-            "train_periods": split.train_periods,
-            "valid": valid,
-            "test_periods": split.test_periods,
-        }
-        record_rank(out, ctx, store)
-        if ctx.main:  # rank 0 checks and writes the run description
-            _describe_run(out, run, resume)
-
-        trainer = Trainer(net, train_cfg)
-        n_train, n_valid = len(split.train), len(split.valid)
-        if ctx.main:
-            share = f" (rank 0 of {ctx.world}: its share)" if ctx.active else ""
-            console.print(
-                f"training {net.model_name} on {n_train:,} rows, validating on {n_valid:,}{share}"
-            )
-        fit = trainer.fit(split.train, split.valid, run_dir=out, resume=resume)
-        results: dict[str, dict[str, float]] = {"valid": fit.best}
-        if split.test is not None:
-            results["test"] = trainer.evaluate(split.test)
-        info = {
-            "train_periods": split.train_periods,
-            "test_periods": split.test_periods,
-            "best_epoch": fit.best_epoch,
-            "metrics": results,
-            "train_samples_per_second": fit.train_samples_per_second,
-        }
-        record_rank(out, ctx, store)
-        if ctx.main:
-            save_model(out, net, info)
-            atomic_write_json(out / "results.json", info)
-            title = f"{net.model_name}: best epoch {fit.best_epoch}"
-            console.print(_metrics_table(title, results))
-        distributed.teardown()
-
-
-def _describe_run(out: Path, run: dict, resume: bool) -> None:
-    """A new run needs an empty OUT; ``--resume`` needs the same run description."""
-    from fined.io import atomic_write_json, read_json
-
-    if resume and (out / RUN_FILE).is_file():
-        before = read_json(out / RUN_FILE, "run description")
-        changed = [k for k in run if k != "data" and before.get(k) != run[k]]
-        if changed:
-            raise FinedError(f"--resume: {out} was started with different {', '.join(changed)}")
-    elif (out / RUN_FILE).is_file():
-        raise FinedError(
-            f"{out} already holds a run (use --resume to continue it, or another --out)"
-        )
-    atomic_write_json(out / RUN_FILE, run)
-
-
-def _build(
-    store,
-    model: str,
-    model_over: dict,
-    kb: Path | None,
-    finetune: float | None,
-    adaptor_over: dict,
-    last_train_period: int,
-):
-    """The base model, or the base model fed by a knowledge base (FINED stage 2)."""
-    from fined.artifacts.kb_store import load_kb
-    from fined.config import parse_model
-    from fined.knowledge.adaptor import AdaptorConfig
-    from fined.knowledge.fined_model import FinedModel
-    from fined.models.ctr_model import build_model
-
-    if kb is None:
-        if finetune is not None or adaptor_over:
-            raise FinedError("--kb-finetune and adaptor.* settings need --kb")
-        return build_model(model, store.feature_map, model_over)
-    base_kb, meta = load_kb(kb, store.feature_map)
-    if max(meta["periods"]) > last_train_period:
-        raise FinedError(
-            f"{kb} memorized periods up to {max(meta['periods'])}, after the training periods"
-        )
-    adaptor = parse_model(AdaptorConfig, {**adaptor_over, "finetune_lr": finetune}, "adaptor")
-    base = build_model(model, store.feature_map, model_over, knowledge_tokens=adaptor.tokens)
-    return FinedModel(base, base_kb, adaptor)
+    if nproc < 1:
+        raise FinedError(f"--nproc {nproc}: expected at least 1")
+    if nproc > 1 and not distributed.launched():  # this process holds OUT for its workers
+        with owned_directory(out, COMMAND):
+            launch_workers(nproc, out)
+        console.print(f"{nproc} workers done: {out}")
+        return
+    model_over, train_over = load_settings(config, set_)
+    adaptor = {
+        k.removeprefix("adaptor."): model_over.pop(k)
+        for k in list(model_over)
+        if k.startswith("adaptor.")
+    }
+    if kb_finetune is not None:
+        adaptor["finetune_lr"] = kb_finetune
+    if seed is not None:
+        train_over["seed"] = seed
+    job = train_model(
+        data, model, train_periods, out, valid=valid, test=test, settings=model_over,
+        train=train_over, kb=kb, adaptor=adaptor or None, resume=resume, log=console.print,
+    )  # fmt: skip
+    if distributed.context().main:
+        title = f"{job.model.model_name}: best epoch {job.fit.best_epoch}"
+        console.print(_metrics_table(title, job.metrics))
+    distributed.teardown()
 
 
 def _load_run(run_dir: Path, data: Path):

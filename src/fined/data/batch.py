@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -67,7 +68,7 @@ class Batch:
         if len(parts) == 1:
             return parts[0]
         first = parts[0]
-        kw = {}
+        kw: dict[str, Any] = {}
         for f in fields(Batch):
             vals = [getattr(p, f.name) for p in parts]
             if f.name == "sequences":

@@ -139,6 +139,7 @@ class PeriodStore:
     def _read_share(self, i: int, fh: BinaryIO, part: Part) -> pa.Table:
         """This rank's contiguous share of the period's ``part`` rows, from the row groups
         that hold it (the one-byte ``holdout`` column is read whole to find them)."""
+        assert self.shard is not None
         rank, world = self.shard
         file = pq.ParquetFile(fh)
         if part == "all":

@@ -38,16 +38,13 @@ class PeriodSplitter:
     def __init__(self, spec: PeriodSpec, total_rows: int | None = None) -> None:
         self.spec = spec
         self.offset = int(round(spec.utc_offset_hours * 3600))
-        self.rows_per_period = spec.rows_per_period
+        self.rows_per_period = spec.rows_per_period or 1  # rows of a block (by: rows)
         if spec.by == "rows" and spec.n_periods is not None:
             if total_rows is None:
                 raise ValueError("by: rows with n_periods needs the total row count")
             self.rows_per_period = max(1, math.ceil(total_rows / spec.n_periods))
-        self.bounds = (
-            np.array([_to_unix(b) for b in spec.boundaries], dtype=np.int64)
-            if spec.boundaries
-            else None
-        )
+        # by: boundaries: period i is [bounds[i], bounds[i + 1])
+        self.bounds = np.array([_to_unix(b) for b in spec.boundaries or []], dtype=np.int64)
         self.start = _to_unix(spec.start) if spec.start else None
         self.end = _to_unix(spec.end) if spec.end else None
         self.earliest = _to_unix(spec.earliest)
@@ -85,7 +82,7 @@ class PeriodSplitter:
         if not self.real_time:
             return {}
         out = {}
-        if self.bounds is not None:
+        if self.spec.by == "boundaries":
             out["outside periods.boundaries"] = (time < self.bounds[0]) | (time >= self.bounds[-1])
         if self.start is not None:
             out["before periods.start"] = time < self.start

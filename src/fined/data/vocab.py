@@ -156,8 +156,8 @@ def merge_counts(parts: list[pl.DataFrame]) -> pl.DataFrame:
 
 def _common_id_type(types: list[pl.DataType]) -> pl.DataType:
     if all(t.is_integer() for t in types):
-        return pl.Int64
-    return pl.String
+        return pl.Int64()
+    return pl.String()
 
 
 def grow_vocabulary(

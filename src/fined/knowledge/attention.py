@@ -20,6 +20,8 @@ from fined.models.layers import normalized_linear, short_softmax, short_softmax_
 class FieldAttentionBlock(nn.Module):
     """``[B, F, d] -> [B, F, d]``: multi-head self-attention over all fields, then an FFN."""
 
+    ffn: nn.Sequential  # Linear, ReLU, Linear
+
     def __init__(self, dim: int, heads: int, ffn_dim: int) -> None:
         super().__init__()
         if dim % heads:
@@ -65,6 +67,7 @@ class FieldAttentionBlock(nn.Module):
             flat.addmm_(torch.bmm(scores[h], v).view(-1, width), head_out.t())
         flat.add_(self.out.bias)
         up, down = self.ffn[0], self.ffn[2]  # the FFN built above: Linear, ReLU, Linear
+        assert isinstance(up, nn.Linear) and isinstance(down, nn.Linear)
         hidden = normalized_linear(self.ffn_norm, up.weight, up.bias, flat).relu_()
         flat.addmm_(hidden, down.weight.t()).add_(down.bias)
         return x
@@ -79,5 +82,6 @@ class FieldAttention(nn.Sequential):
     def forward_frozen_(self, x: torch.Tensor) -> torch.Tensor:
         """``self(x)`` for inference, overwriting ``x`` (see the block's)."""
         for block in self:
+            assert isinstance(block, FieldAttentionBlock)
             x = block.forward_frozen_(x)
         return x

@@ -21,6 +21,9 @@ from fined.models.trainable import Forward, OwnLoss, Trainable, no_loss
 class FinedModel(Trainable):
     """A base CTR model (built with ``knowledge_tokens = m``) fed by a knowledge base."""
 
+    base: CTRModel
+    kb: KnowledgeBase
+
     def __init__(self, base: CTRModel, kb: KnowledgeBase, config: AdaptorConfig) -> None:
         super().__init__()
         if base.knowledge_tokens != config.tokens:
@@ -42,7 +45,7 @@ class FinedModel(Trainable):
     # The trainer and artefacts look at these, as on any CTRModel.
     @property
     def model_name(self) -> str:
-        return self.base.model_name
+        return type(self.base).model_name
 
     @property
     def feature_map(self) -> FeatureMap:

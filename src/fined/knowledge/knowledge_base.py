@@ -64,6 +64,9 @@ class KBConfig(StrictModel):
 class KnowledgeBase(Trainable):
     """Extractor + encoder + head. ``forward`` gives the stage-1 click logits ``[B]``."""
 
+    steps: torch.Tensor  # a buffer: training steps seen
+    id_limits: torch.Tensor  # a buffer: the id limit of each id field (ids the KB knows)
+
     def __init__(self, feature_map: FeatureMap, config: KBConfig, known_through: int) -> None:
         super().__init__()
         c = config

@@ -47,6 +47,7 @@ class CTRModel(Trainable):
     """Base of every model. Subclasses set ``config_class`` and implement ``interact``."""
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    model_name: ClassVar[str] = ""  # the registry name (set by ``register_model``)
     uses_linear: bool = False  # whether the model has a first-order (LR) term
 
     def __init__(

@@ -37,7 +37,7 @@ def behaviour_pairs(fmap: FeatureMap, behaviour: dict[str, str]) -> list[tuple[s
     column = {f.name: j for j, f in enumerate(fmap.id_features)}
     seqs = {f.name: f for f in fmap.sequence_features}
     if not behaviour:
-        item_vocab = {}
+        item_vocab: dict[str, str] = {}
         for f in fmap.id_features:
             if f.source == "item":
                 item_vocab.setdefault(f.vocab, f.name)
@@ -68,6 +68,8 @@ def behaviour_pairs(fmap: FeatureMap, behaviour: dict[str, str]) -> list[tuple[s
 @register_model("din")
 class DIN(CTRModel):
     config_class = DINConfig
+    config: DINConfig
+    targets: torch.Tensor  # a buffer: the id column of each behaviour's target
 
     def __init__(
         self, feature_map: FeatureMap, config: DINConfig, knowledge_tokens: int = 0

@@ -25,6 +25,8 @@ class FeatureEmbedding(nn.Module):
     returned unpooled for target attention (DIN).
     """
 
+    id_offsets: torch.Tensor  # a buffer: each id field's offset in the table
+
     def __init__(
         self,
         feature_map: FeatureMap,

@@ -56,6 +56,8 @@ class InnerProduct(nn.Module):
     strict upper triangle is read with precomputed flat indices.
     """
 
+    pairs: torch.Tensor  # a buffer: flat indices of the pairs
+
     def __init__(self, num_fields: int) -> None:
         super().__init__()
         rows, cols = torch.triu_indices(num_fields, num_fields, offset=1)
@@ -76,6 +78,8 @@ class OuterProduct(nn.Module):
     ``[B, F, d] -> [B, d(d+1)/2]``. A linear layer on ``p`` (the next MLP layer) is then
     exactly the paper's ``l_p = W_p (.) p``.
     """
+
+    pairs: torch.Tensor  # a buffer: flat indices of the pairs
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -119,6 +123,7 @@ class CIN(nn.Module):
         b, d, m = x0.shape
         x, pooled = x0, []
         for k, layer in enumerate(self.layers):
+            assert isinstance(layer, nn.Linear)
             size, prev = layer.out_features, x.shape[2]
             w = layer.weight.view(size, prev, m)  # W[h, i, j]: hidden map i times field j
             t = x0 @ w.permute(2, 0, 1).reshape(m, size * prev)  # [B, d, H_k * H_{k-1}]

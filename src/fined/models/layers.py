@@ -140,7 +140,9 @@ class MLP(nn.Module):
     @property
     def first(self) -> nn.Linear:
         """The first linear layer (a fused caller computes it its own way)."""
-        return self.net[0]
+        layer = self.net[0]
+        assert isinstance(layer, nn.Linear)
+        return layer
 
     def after_first(self, x: torch.Tensor) -> torch.Tensor:
         """The layers after the first linear one, applied to its output."""

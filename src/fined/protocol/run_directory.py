@@ -31,7 +31,8 @@ from fined.artifacts.model_store import save_model
 from fined.artifacts.weights import read_weights
 from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
-from fined.models.trainable import Trainable
+from fined.knowledge.fined_model import FinedModel
+from fined.models.ctr_model import CTRModel
 from fined.outputs import owned_directory
 
 COMMAND = "run"  # the owner named in a run directory's marker
@@ -111,7 +112,9 @@ class RunDirectory:
         return read_weights(cell / WEIGHTS, record["weights_sha256"])
 
     @staticmethod
-    def finish(cell: Path, net: Trainable, info: dict[str, Any], record: dict[str, Any]) -> None:
+    def finish(
+        cell: Path, net: CTRModel | FinedModel, info: dict[str, Any], record: dict[str, Any]
+    ) -> None:
         """The cell's model (loadable on its own), then its record (last: marks it done);
         then the trainer's checkpoints go."""
         record["weights_sha256"] = save_model(cell, net, info)

@@ -66,10 +66,11 @@ def markdown(
     per = results.group_by("strategy", "model", "test_period").agg(pl.col("auc").mean())
     tests = [periods[t + 1] for t in steps]
     lines += ["| model | strategy | " + " | ".join(tests) + " |", "|---|---|" + "---|" * len(tests)]
-    for r in summary.select("model", "strategy").iter_rows():
-        part = per.filter((pl.col("model") == r[0]) & (pl.col("strategy") == r[1]))
-        values = dict(part.select("test_period", "auc").iter_rows())
-        lines.append(f"| {r[0]} | {r[1]} | " + " | ".join(f"{values[p]:.4f}" for p in tests) + " |")
+    for model, strategy in summary.select("model", "strategy").iter_rows():
+        part = per.filter((pl.col("model") == model) & (pl.col("strategy") == strategy))
+        auc = dict(part.select("test_period", "auc").iter_rows())
+        cells = " | ".join(f"{auc[p]:.4f}" for p in tests)
+        lines.append(f"| {model} | {strategy} | {cells} |")
     lines += [
         "",
         "## Figures",

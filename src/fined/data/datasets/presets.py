@@ -25,13 +25,15 @@ override them. Choices made here:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
 from fined.config import StrictModel, parse_model
 from fined.data.datasets import register
+from fined.data.datasets.source import RawSource
 from fined.data.datasets.table import TableOptions, TableSource
-from fined.data.datasets.taobao import AD, PROFILE, TaobaoAdRawSource
+from fined.data.datasets.taobao import AD, PROFILE
 from fined.data.datasets.taobao import build as build_taobao_ad_raw
 from fined.data.schema import FeatureKind, FeatureSpec, PathText, PeriodSpec, PrepareConfig, Source
 from fined.errors import FinedError
@@ -245,7 +247,7 @@ def build_eleme(config: PrepareConfig) -> TableSource:
         dir_glob="D*_*.csv",
         list_delimiter=o.list_delimiter,
     )
-    seq = {"kind": "sequence", "source": "user", "max_len": o.max_len}
+    seq: dict[str, Any] = {"kind": "sequence", "source": "user", "max_len": o.max_len}
     features = [
         *(_spec(c, source="user") for c in ELEME_USER),
         *(_spec(c, "numeric", "user") for c in ELEME_USER_NUMERIC),
@@ -259,7 +261,7 @@ def build_eleme(config: PrepareConfig) -> TableSource:
 
 
 @register("taobao_ad")
-def build_taobao_ad(config: PrepareConfig) -> TableSource | TaobaoAdRawSource:
+def build_taobao_ad(config: PrepareConfig) -> RawSource:
     """Taobao display ads in either layout: ``options.layout`` is ``raw`` (a directory with
     the four Tianchi tables) or ``joined`` (the BARS TaobaoAd_x1 CSV); by default, a
     directory means raw and a file means joined."""
@@ -270,4 +272,6 @@ def build_taobao_ad(config: PrepareConfig) -> TableSource | TaobaoAdRawSource:
     if layout not in ("raw", "joined"):
         raise FinedError(f"options.layout: expected 'raw' or 'joined', got {layout!r}")
     inner = config.model_copy(update={"options": options})
-    return build_taobao_ad_raw(inner) if layout == "raw" else build_taobao_ad_joined(inner)
+    if layout == "raw":
+        return build_taobao_ad_raw(inner)
+    return build_taobao_ad_joined(inner)

@@ -316,7 +316,7 @@ class TableSource(BaseSource):
         if opts.time is None:
             time = pa.array(np.arange(row, row + n, dtype=np.int64))
         else:
-            time = self._parse_time(raw.column(opts.time))
+            time = self._parse_time(raw.column(opts.time), opts.time)
         cols["time"] = time
         if key is not None:
             cols["period_key"] = pa.array(np.full(n, key, dtype=np.int64))
@@ -336,10 +336,10 @@ class TableSource(BaseSource):
                 cols[f.name] = _as_sequence(values, f.delimiter if own else opts.list_delimiter)
         return pa.RecordBatch.from_pydict(cols)
 
-    def _parse_time(self, values: pa.Array) -> pa.Array:
+    def _parse_time(self, values: pa.Array, column: str) -> pa.Array:
         if pa.types.is_timestamp(values.type):  # Parquet time stamps need no format
             return pc.cast(pc.cast(values, pa.timestamp("s"), safe=False), pa.int64())
-        return parse_time(values, self.options.time_format, self.options.time)
+        return parse_time(values, self.options.time_format, column)
 
     @staticmethod
     def _as_float(values: pa.Array, column: str) -> pa.Array:

@@ -24,6 +24,7 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -103,7 +104,7 @@ def default_features(max_len: int) -> list[FeatureSpec]:
     ) -> FeatureSpec:
         return FeatureSpec.model_validate({"name": name, "kind": kind, "source": source, **extra})
 
-    history = {"kind": "sequence", "source": "user", "max_len": max_len}
+    history: dict[str, Any] = {"kind": "sequence", "source": "user", "max_len": max_len}
     return [
         *[spec(n, source="user") for n in ("userid", *PROFILE)],
         *[spec(n, source="item") for n in ("adgroup_id", *AD)],

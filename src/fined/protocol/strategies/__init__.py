@@ -25,12 +25,15 @@ from pydantic import model_validator
 from fined.config import StrictModel
 from fined.data.batch import Batch
 from fined.knowledge.adaptor import AdaptorConfig
+from fined.knowledge.fined_model import FinedModel
 from fined.knowledge.knowledge_base import KnowledgeBase
 from fined.models.ctr_model import CTRModel
 from fined.models.trainable import Trainable
 from fined.protocol.data import ProtocolData
 from fined.registry import Registry
 from fined.train.config import KBTrainConfig
+
+Model = CTRModel | FinedModel  # what a strategy trains and keeps
 
 
 def step_seed(seed: int, period: int) -> int:
@@ -96,10 +99,10 @@ class Strategy:
         self.spec, self.context = spec, context
         self.data = context.data
 
-    def fresh(self, t: int) -> Trainable:
+    def fresh(self, t: int) -> Model:
         return self.context.base_model(0)
 
-    def build(self, t: int, previous: dict[str, torch.Tensor], from_warmup: bool) -> Trainable:
+    def build(self, t: int, previous: dict[str, torch.Tensor], from_warmup: bool) -> Model:
         net = self.fresh(t)
         if self.spec.warm:
             net.load_state_dict(previous)
@@ -111,13 +114,14 @@ class Strategy:
     def rows(self, t: int) -> Batch:
         return self.data.train(self.periods(t), t)
 
-    def trainable(self, net: Trainable) -> Trainable:
+    def trainable(self, net: Model) -> Trainable:
+        """What the trainer fits at period t (``net`` itself, or a wrapper around it)."""
         return net
 
-    def bytes_kept(self, net: Trainable, t: int) -> int:
+    def bytes_kept(self, net: Model, t: int) -> int:
         return 0
 
-    def after_period(self, net: Trainable, t: int) -> None:
+    def after_period(self, net: Model, t: int) -> None:
         pass
 
 

@@ -17,11 +17,10 @@ from pydantic import Field
 from fined.artifacts.kb_store import kb_bytes
 from fined.knowledge.fined_model import FinedModel
 from fined.knowledge.knowledge_base import KnowledgeBase
-from fined.models.trainable import Trainable
 from fined.models.warm_start import load_overlapping
 from fined.protocol.data import batch_bytes
 from fined.protocol.distill import Distilled
-from fined.protocol.strategies import Strategy, StrategySpec, register_strategy
+from fined.protocol.strategies import Model, Strategy, StrategySpec, register_strategy
 
 
 class FinedSpec(StrategySpec):
@@ -57,7 +56,7 @@ class Fined(Strategy):
         adaptor = self.context.adaptor
         return FinedModel(self.context.base_model(adaptor.tokens), self.kb(t), adaptor)
 
-    def build(self, t: int, previous: dict[str, torch.Tensor], from_warmup: bool) -> Trainable:
+    def build(self, t: int, previous: dict[str, torch.Tensor], from_warmup: bool) -> Model:
         net = self.fresh(t)
         if from_warmup:  # the shared warm-up model has no knowledge tokens yet
             if self.spec.warmup_base:
@@ -66,7 +65,7 @@ class Fined(Strategy):
             net.load_state_dict(previous)
         return net
 
-    def bytes_kept(self, net: Trainable, t: int) -> int:
+    def bytes_kept(self, net: Model, t: int) -> int:
         assert isinstance(net, FinedModel)
         return kb_bytes(net.kb)  # the KB the model was trained with
 
@@ -87,7 +86,7 @@ class FinedStreaming(Fined):
         kb.set_known_through(max(t - 1, kb.known_through))
         return kb
 
-    def after_period(self, net: Trainable, t: int) -> None:
+    def after_period(self, net: Model, t: int) -> None:
         from fined.train.trainer import Trainer
 
         assert isinstance(net, FinedModel)
@@ -109,7 +108,7 @@ class FinedRebuild(Fined):
     def kb(self, t: int) -> KnowledgeBase:
         return self.context.knowledge_base(t - 1)
 
-    def build(self, t: int, previous: dict[str, torch.Tensor], from_warmup: bool) -> Trainable:
+    def build(self, t: int, previous: dict[str, torch.Tensor], from_warmup: bool) -> Model:
         if from_warmup:
             return super().build(t, previous, from_warmup)
         net = self.fresh(t)
@@ -117,5 +116,5 @@ class FinedRebuild(Fined):
         net.load_state_dict({**net.state_dict(), **own})  # the new KB, the rest warm
         return net
 
-    def bytes_kept(self, net: Trainable, t: int) -> int:
+    def bytes_kept(self, net: Model, t: int) -> int:
         return super().bytes_kept(net, t) + batch_bytes(self.data.train(list(range(t)), t))

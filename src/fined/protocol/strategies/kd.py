@@ -6,7 +6,7 @@ from pydantic import Field
 
 from fined.models.trainable import Trainable
 from fined.protocol.distill import Distilled
-from fined.protocol.strategies import Strategy, StrategySpec, register_strategy
+from fined.protocol.strategies import Model, Strategy, StrategySpec, register_strategy
 
 
 class KDSpec(StrategySpec):
@@ -18,5 +18,5 @@ class KnowledgeDistillation(Strategy):
     spec: KDSpec
     spec_class = KDSpec
 
-    def trainable(self, net: Trainable) -> Trainable:
+    def trainable(self, net: Model) -> Trainable:
         return Distilled(net, net, self.spec.kd_weight)  # net still equals the model of t-1

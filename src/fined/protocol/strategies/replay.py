@@ -6,9 +6,9 @@ from __future__ import annotations
 from pydantic import Field
 
 from fined.data.batch import Batch
-from fined.models.trainable import Trainable
 from fined.protocol.data import ProtocolData, batch_bytes
 from fined.protocol.strategies import (
+    Model,
     Strategy,
     StrategyContext,
     StrategySpec,
@@ -50,5 +50,5 @@ class Replay(Strategy):
     def rows(self, t: int) -> Batch:
         return Batch.concat([self.data.train([t], t), self.reservoir.at(t)])
 
-    def bytes_kept(self, net: Trainable, t: int) -> int:
+    def bytes_kept(self, net: Model, t: int) -> int:
         return batch_bytes(self.reservoir.at(t))

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fined.models.trainable import Trainable
 from fined.protocol.data import batch_bytes
-from fined.protocol.strategies import Strategy, StrategySpec, register_strategy
+from fined.protocol.strategies import Model, Strategy, StrategySpec, register_strategy
 
 
 class WindowSpec(StrategySpec):
@@ -25,7 +24,7 @@ class Window(Strategy):
     def periods(self, t: int) -> list[int]:
         return list(range(max(0, t - self.spec.window + 1), t + 1))
 
-    def bytes_kept(self, net: Trainable, t: int) -> int:
+    def bytes_kept(self, net: Model, t: int) -> int:
         past = self.periods(t)[:-1]
         return batch_bytes(self.data.train(past, t)) if past else 0
 
@@ -34,7 +33,7 @@ class Window(Strategy):
 class Full(Window):
     """``full``: train on every period so far."""
 
-    spec_class = StrategySpec  # no window: every period
+    spec_class = StrategySpec  # type: ignore[assignment]  # no window: every period
 
     def periods(self, t: int) -> list[int]:
         return list(range(t + 1))
