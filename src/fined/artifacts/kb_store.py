@@ -8,16 +8,19 @@ data with another feature map, or a hand-edited description, fails with a clear 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import save
 
-from fined.artifacts.weights import load_weights, save_weights
+from fined.artifacts.weights import read_weights
 from fined.config import parse_model
 from fined.data.feature_map import FeatureMap
 from fined.errors import FinedError
-from fined.io import atomic_write_json, read_json
+from fined.io import atomic_write_bytes, atomic_write_json, read_json
 from fined.knowledge.knowledge_base import KBConfig, KnowledgeBase
 
 WEIGHTS, META = "kb.safetensors", "kb.json"
@@ -48,7 +51,9 @@ def save_kb(
 ) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    digest = save_weights(directory / WEIGHTS, kb)
+    blob = save(stored_tensors(kb))
+    atomic_write_bytes(directory / WEIGHTS, blob)
+    digest = hashlib.sha256(blob).hexdigest()
     fmap = kb.feature_map
     atomic_write_json(
         directory / META,
@@ -107,13 +112,58 @@ def load_kb(directory: str | Path, feature_map: FeatureMap) -> tuple[KnowledgeBa
         kb = build_kb(meta, feature_map)
     except FinedError as err:
         raise FinedError(f"{directory / META}: {err}") from None
-    load_weights(directory / WEIGHTS, kb, meta["weights_sha256"])
+    state = restored_state(read_weights(directory / WEIGHTS, meta["weights_sha256"]))
+    try:
+        kb.load_state_dict(state)
+    except RuntimeError as err:
+        raise FinedError(f"{directory / WEIGHTS}: weights do not fit the KB ({err})") from None
     kb.eval()
     return kb, meta
 
 
 def kb_bytes(kb: KnowledgeBase) -> int:
     """The size of the KB's weights file: what keeping this knowledge costs."""
-    from safetensors.torch import save
+    return len(save(stored_tensors(kb)))
 
-    return len(save({k: v.detach().contiguous() for k, v in kb.state_dict().items()}))
+
+_SCALE = ".int8_scale"  # the per-row scales of an int8 matrix, stored beside it
+
+
+def stored_tensors(kb: KnowledgeBase) -> dict[str, torch.Tensor]:
+    """The KB's state as stored in ``config.storage``: floats as fp32, fp16, or (matrices)
+    int8 with one fp32 scale per row (vectors then as fp16); integer buffers as they are."""
+    storage = kb.config.storage
+    out = {}
+    for name, value in kb.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        if not value.is_floating_point() or storage == "fp32":
+            out[name] = value
+        elif storage == "fp16" or value.dim() < 2 or not value.numel():
+            out[name] = value.half()
+        else:
+            rows = value.reshape(value.shape[0], -1)
+            scale = rows.abs().amax(1).clamp_min(1e-12) / 127.0
+            out[name] = torch.round(rows / scale[:, None]).to(torch.int8).reshape(value.shape)
+            out[name + _SCALE] = scale.float()
+    return out
+
+
+def restored_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict (fp32 floats) from what ``stored_tensors`` wrote."""
+    out = {}
+    for name, value in tensors.items():
+        if name.endswith(_SCALE):
+            continue
+        scale = tensors.get(name + _SCALE)
+        if scale is not None:
+            rows = value.reshape(value.shape[0], -1).float() * scale[:, None]
+            out[name] = rows.reshape(value.shape)
+        else:
+            out[name] = value.float() if value.dtype == torch.float16 else value
+    return out
+
+
+def round_through_storage(kb: KnowledgeBase) -> None:
+    """Make the KB in memory the KB as stored (a no-op at fp32)."""
+    if kb.config.storage != "fp32":
+        kb.load_state_dict(restored_state(stored_tensors(kb)))

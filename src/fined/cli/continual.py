@@ -103,12 +103,16 @@ def run(
     finally:
         reporter.close()
     console.print(_summary_table(cfg.name, summary))
+    for line in validation_lines(summary):
+        console.print(line)
     console.print(f"wrote {root}/report.md, results.csv, summary.csv, forgetting.csv, figures/")
 
 
 def _summary_table(name: str, summary) -> Table:
     table = Table(title=f"{name}: mean over test periods, mean ± std over seeds")
-    for col in ("model", "strategy", "test AUC", "RelaImpr", "LogLoss", "BWT", "bytes kept"):
+    columns = ("model", "strategy", "test AUC", "RelaImpr", "LogLoss", "BWT", "held-out AUC",
+               "bytes kept")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="left" if col in ("model", "strategy") else "right")
     for r in summary.iter_rows(named=True):
         table.add_row(
@@ -118,6 +122,23 @@ def _summary_table(name: str, summary) -> Table:
             f"{r['relaimpr']:+.2f} %",
             f"{r['logloss_mean']:.4f}",
             f"{r['bwt_mean']:+.4f}",
+            f"{r['held_out_auc_mean']:.4f}",
             f"{r['bytes_kept'] / 1024:,.0f} KB",
         )
+    table.caption = (
+        "held-out AUC: on the held-out slices of every period trained on so far (the "
+        "validation figure; the test periods play no part in it)"
+    )
     return table
+
+
+def validation_lines(summary) -> list[str]:
+    """Per model: which strategy wins on validation, by how much, beside the test figures."""
+    from fined.report.tables import validation_winners
+
+    return [
+        f"{w['model']}: on validation {w['best']} wins (held-out AUC +{w['margin']:.4f} over "
+        f"{w['second']}); their test AUC {w['best_test']:.4f} and {w['second_test']:.4f}; "
+        f"best on test: {w['test_best']}"
+        for w in validation_winners(summary)
+    ]

@@ -11,6 +11,7 @@ CIN, self-attention, DIN's MLP) works on them like on any other field.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -35,6 +36,12 @@ class AdaptorConfig(StrictModel):
     # lose). 0.2 is a prior fixed before that benchmark, not tuned on it; held-out rows of
     # the current period cannot choose it (they always favour forgetting the absent).
     kb_distill: float = Field(0.2, ge=0)
+    # How the pull towards the KB is spread over instances (its mean stays ``kb_distill``):
+    # ``constant``; ``confidence``: where the KB is sure (|2 p_kb - 1|); with a teacher of
+    # the previous period beside it (``kd``), ``disagreement``: where the KB and the
+    # previous model differ (what the long past adds to the recent one), or ``agreement``:
+    # where they agree (the past the recent model did not reject).
+    kb_trust: Literal["constant", "confidence", "disagreement", "agreement"] = "constant"
 
 
 class KnowledgeAdaptor(nn.Module):

@@ -72,13 +72,16 @@ class FinedModel(Trainable):
 
     def own_loss(self, batch: Batch, out: Forward) -> OwnLoss:
         """``kb_distill`` times the BCE towards the KB's own click probabilities for the same
-        knowledge (in training only: evaluation adds nothing)."""
+        knowledge, spread over the instances as ``kb_trust`` says (in training only:
+        evaluation adds nothing)."""
         weight = self.adaptor_config.kb_distill
         if not weight or not self.training:
             return no_loss(out)
         with torch.no_grad():
             past = torch.sigmoid(self.kb.click_logits(out.parts["knowledge"]))
-        term = F.binary_cross_entropy_with_logits(out.logits, past)
+            trust = kb_trust(self.adaptor_config.kb_trust, past, out.parts.get("teacher.prob"))
+        per_row = F.binary_cross_entropy_with_logits(out.logits, past, reduction="none")
+        term = per_row.mean() if trust is None else (trust * per_row).mean()
         return OwnLoss(weight * term, {"kb_distill": float(term.detach())})
 
     def train(self, mode: bool = True) -> FinedModel:
@@ -95,3 +98,20 @@ class FinedModel(Trainable):
             kb = self.kb.parameter_groups()[0]["params"]
             groups.append({"params": kb, "lr": self.adaptor_config.finetune_lr})
         return groups
+
+
+def kb_trust(rule: str, past: torch.Tensor, recent: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-instance weights ``[B]`` of the pull towards the KB's probabilities ``past``, with
+    mean 1 over the batch (None: all 1). ``recent``: the previous period's model's
+    probabilities, for the rules that compare the two."""
+    if rule == "constant":
+        return None
+    if rule == "confidence":
+        raw = (2 * past - 1).abs()
+    elif recent is None:
+        raise ValueError(f"kb_trust {rule!r} needs a model of the previous period (kd_weight > 0)")
+    elif rule == "disagreement":
+        raw = (past - recent).abs()
+    else:  # agreement
+        raw = 1 - (past - recent).abs()
+    return raw / raw.mean().clamp_min(1e-6)

@@ -59,6 +59,10 @@ class KBConfig(StrictModel):
     gate_init: float = 2.0  # initial gate logit: patterns start open, L0 then closes them
     l0_warmup_steps: int = Field(150, ge=0)  # the L0 weight ramps up linearly over these steps
     dense_gates: bool = False  # ablation: every field in every pattern, no gates
+    # How the KB's weights are stored (and so what keeping it costs): fp32; fp16 (half the
+    # bytes); int8 (a quarter, each row of a matrix scaled to [-127, 127]). The KB is used
+    # as stored: a build ends by rounding its weights through this precision.
+    storage: Literal["fp32", "fp16", "int8"] = "fp32"
 
 
 class KnowledgeBase(Trainable):

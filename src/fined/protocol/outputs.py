@@ -13,7 +13,13 @@ import polars as pl
 from fined.io import atomic_write_text
 from fined.protocol.config import RunConfig
 from fined.report.markdown import RunFacts, markdown
-from fined.report.tables import bwt_table, forgetting_table, results_table, summary_table
+from fined.report.tables import (
+    bwt_table,
+    forgetting_table,
+    frontier_table,
+    results_table,
+    summary_table,
+)
 
 
 def _csv(frame: pl.DataFrame, path: Path) -> None:
@@ -33,6 +39,13 @@ def write_outputs(
     figures = root / "figures"
     figures.mkdir(exist_ok=True)
     _figures(results, forgetting, order, periods, figures)
+    frontier = frontier_table(summary, {spec.label: spec.family for spec in config.strategies})
+    swept = frontier.group_by("model", "family").agg(pl.col("bytes_kept").n_unique().alias("n"))
+    if (swept["n"] > 1).any():  # a storage budget swept: AUC and BWT against the bytes kept
+        from fined.report.plots import auc_against_bytes
+
+        _csv(frontier, root / "frontier.csv")
+        auc_against_bytes(frontier, figures / "auc_vs_bytes.png")
     facts = RunFacts(
         config.name,
         config.models,

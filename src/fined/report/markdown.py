@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from fined.report.tables import validation_winners
+
 
 def _pm(mean: float, std: float, digits: int = 4) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
@@ -47,21 +49,31 @@ def markdown(
         f"RelaImpr against `{run.baseline}`.",
         "- AUC, LogLoss, gAUC: mean over test periods, then mean ± std over seeds. BWT: mean "
         "change of the held-out AUC of earlier periods between when they were learned and the "
-        "end (negative = forgetting). Bytes kept: past data (or knowledge) the strategy stores.",
+        "end (negative = forgetting). Held-out AUC: the validation figure, the mean AUC on the "
+        "held-out slices of every period trained on so far, after each period (no test period "
+        "in it). Bytes kept: past data (or knowledge) the strategy stores.",
         "",
         "## Summary",
         "",
-        "| model | strategy | test AUC | RelaImpr | LogLoss | gAUC | BWT | bytes kept | train s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | strategy | test AUC | RelaImpr | LogLoss | gAUC | BWT | held-out AUC | "
+        "bytes kept | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary.iter_rows(named=True):
         lines.append(
             f"| {r['model']} | {r['strategy']} | {_pm(r['auc_mean'], r['auc_std'])} | "
             f"{r['relaimpr']:+.2f} % | {_pm(r['logloss_mean'], r['logloss_std'])} | "
             f"{_pm(r['gauc_mean'], r['gauc_std'])} | {_pm(r['bwt_mean'], r['bwt_std'])} | "
+            f"{_pm(r['held_out_auc_mean'], r['held_out_auc_std'])} | "
             f"{_bytes(r['bytes_kept'])} | {r['train_seconds']:.0f} |"
         )
     lines += ["", "## Where FINED stands", ""] + _verdicts(summary, run.baseline, run.knowledge)
+    lines += ["", "## Chosen on validation", ""] + [
+        f"- {w['model']}: **{w['best']}** has the best held-out AUC (+{w['margin']:.4f} over "
+        f"{w['second']}); on the test periods {w['best']} {w['best_test']:.4f}, {w['second']} "
+        f"{w['second_test']:.4f} (best on test: {w['test_best']})."
+        for w in validation_winners(summary)
+    ]
     lines += ["", "## Test AUC per period (mean over seeds)", ""]
     per = results.group_by("strategy", "model", "test_period").agg(pl.col("auc").mean())
     tests = [periods[t + 1] for t in steps]

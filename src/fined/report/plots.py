@@ -75,3 +75,32 @@ def forgetting_heatmaps(matrices: dict[str, list[list[float]]], labels: list[str
         ax.axis("off")
     fig.colorbar(im, ax=axes, fraction=0.02, label="AUC")
     _save(fig, path)
+
+
+def auc_against_bytes(frontier, path: str | Path) -> None:
+    """Per model, test AUC (top) and BWT (bottom) against the bytes kept from the past (log
+    scale): a line per family of strategies, a band of one standard deviation over seeds.
+    ``frontier``: the rows of ``report.tables.frontier_table``."""
+    models = list(dict.fromkeys(frontier["model"].to_list()))
+    fig, axes = plt.subplots(
+        2, len(models), figsize=(5.5 * len(models), 7), squeeze=False, sharex="col"
+    )
+    for col, model in enumerate(models):
+        part = frontier.filter(frontier["model"] == model)
+        for family in dict.fromkeys(part["family"].to_list()):
+            rows = part.filter(part["family"] == family).sort("bytes_kept")
+            x = [max(b, 1) for b in rows["bytes_kept"].to_list()]
+            for ax, measure in ((axes[0][col], "auc"), (axes[1][col], "bwt")):
+                mean = rows[f"{measure}_mean"].to_numpy()
+                std = rows[f"{measure}_std"].to_numpy()
+                (line,) = ax.plot(x, mean, marker="o", label=family)
+                ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        axes[0][col].set_title(f"{model}: what the bytes kept from the past buy")
+        axes[0][col].set_ylabel("test AUC (mean ± std over seeds)")
+        axes[1][col].set_ylabel("BWT")
+        axes[1][col].set_xlabel("bytes kept from the past")
+        for ax in axes[:, col]:
+            ax.set_xscale("symlog", linthresh=1024)
+            ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="best")
+    _save(fig, path)

@@ -61,14 +61,26 @@ def backward_transfer(matrix: dict[tuple[int, int], float], s: int) -> float:
     return sum(gaps) / len(gaps) if gaps else math.nan
 
 
+def held_out_auc(matrix: dict[tuple[int, int], float], s: int) -> float:
+    """The validation figure of a chain: after each period t >= s it trained on, the mean AUC
+    over the held-out slices of P_0..P_t (all periods trained on so far), averaged over t.
+    Only held-out slices of training periods: the test periods play no part."""
+    rows = sorted({t for t, _ in matrix if t >= s})
+    means = [sum(matrix[(t, i)] for i in range(t + 1)) / (t + 1) for t in rows]
+    return sum(means) / len(means) if means else math.nan
+
+
 def bwt_table(forgetting: pl.DataFrame, s: int) -> pl.DataFrame:
+    """Per (strategy, model, seed): BWT and the held-out AUC over every period seen."""
     out = []
     for (strategy, model, seed), part in forgetting.group_by(
         ["strategy", "model", "seed"], maintain_order=True
     ):
         matrix = {(a, i): v for a, i, v in part.select("after", "period", "auc").iter_rows()}
-        out.append((strategy, model, seed, backward_transfer(matrix, s)))
-    return pl.DataFrame(out, schema=["strategy", "model", "seed", "bwt"], orient="row")
+        out.append((strategy, model, seed, backward_transfer(matrix, s), held_out_auc(matrix, s)))
+    return pl.DataFrame(
+        out, schema=["strategy", "model", "seed", "bwt", "held_out_auc"], orient="row"
+    )
 
 
 def summary_table(
@@ -85,11 +97,9 @@ def summary_table(
         )
         .join(bwt, on=["strategy", "model", "seed"])
     )
-    std = [
-        pl.col(m).std(ddof=1).fill_null(0.0).alias(f"{m}_std")
-        for m in ("auc", "logloss", "gauc", "bwt")
-    ]
-    mean = [pl.col(m).mean().alias(f"{m}_mean") for m in ("auc", "logloss", "gauc", "bwt")]
+    measures = ("auc", "logloss", "gauc", "bwt", "held_out_auc")
+    std = [pl.col(m).std(ddof=1).fill_null(0.0).alias(f"{m}_std") for m in measures]
+    mean = [pl.col(m).mean().alias(f"{m}_mean") for m in measures]
     summary = per_seed.group_by("strategy", "model").agg(
         pl.len().alias("seeds"),
         *mean,
@@ -107,8 +117,8 @@ def summary_table(
     rank = {name: i for i, name in enumerate(order)}
     columns = [
         "strategy", "model", "seeds", "auc_mean", "auc_std", "relaimpr", "logloss_mean",
-        "logloss_std", "gauc_mean", "gauc_std", "bwt_mean", "bwt_std", "bytes_kept",
-        "train_seconds",
+        "logloss_std", "gauc_mean", "gauc_std", "bwt_mean", "bwt_std", "held_out_auc_mean",
+        "held_out_auc_std", "bytes_kept", "train_seconds",
     ]  # fmt: skip
     return (
         summary.with_columns(
@@ -118,3 +128,49 @@ def summary_table(
         .sort("model", "_o")
         .select(columns)
     )
+
+
+def frontier_table(summary: pl.DataFrame, families: dict[str, str]) -> pl.DataFrame:
+    """Test AUC and BWT against the bytes kept: a row per (model, strategy) with its
+    ``family`` (the line it belongs to in the AUC-vs-bytes figure), by bytes."""
+    return (
+        summary.with_columns(
+            pl.col("strategy").replace_strict(families, return_dtype=pl.String).alias("family")
+        )
+        .select(
+            "model",
+            "family",
+            "strategy",
+            "bytes_kept",
+            "auc_mean",
+            "auc_std",
+            "bwt_mean",
+            "bwt_std",
+            "held_out_auc_mean",
+        )  # fmt: skip
+        .sort("model", "family", "bytes_kept")
+    )
+
+
+def validation_winners(summary: pl.DataFrame) -> list[dict[str, Any]]:
+    """Per model: the strategy with the best held-out AUC over the periods seen (validation
+    only), its margin over the runner-up, and the test AUC of both."""
+    out = []
+    for model in summary["model"].unique(maintain_order=True).to_list():
+        rows = summary.filter(pl.col("model") == model).sort("held_out_auc_mean", descending=True)
+        best = rows.row(0, named=True)
+        second = rows.row(1, named=True) if rows.height > 1 else best
+        out.append(
+            {
+                "model": model,
+                "best": best["strategy"],
+                "margin": best["held_out_auc_mean"] - second["held_out_auc_mean"],
+                "second": second["strategy"],
+                "best_test": best["auc_mean"],
+                "second_test": second["auc_mean"],
+                "test_best": summary.filter(pl.col("model") == model)
+                .sort("auc_mean", descending=True)
+                .row(0, named=True)["strategy"],
+            }
+        )
+    return out

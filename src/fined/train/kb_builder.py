@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fined import distributed
-from fined.artifacts.kb_store import save_kb
+from fined.artifacts.kb_store import round_through_storage, save_kb
 from fined.data.loader import PeriodStore
 from fined.errors import FinedError
 from fined.knowledge.knowledge_base import KBConfig, KnowledgeBase
@@ -71,6 +71,7 @@ def build_knowledge_base(
         resume=resume,
     )
     kb.eval()
+    round_through_storage(kb)  # the KB as it will be stored (and loaded) from now on
     if out is not None and distributed.context().main:  # with several ranks, rank 0 writes
         metrics: dict[str, Any] = {
             "best_epoch": fit.best_epoch,

@@ -49,10 +49,12 @@ class StrategySpec(StrictModel):
     kind: str
     label: str = ""  # default: the kind
     warm_start: bool | None = None  # None: the kind's default
+    family: str = ""  # its line in the AUC-vs-bytes figure (default: the kind)
 
     @model_validator(mode="after")
     def _default_label(self) -> StrategySpec:
         self.label = self.label or self.kind
+        self.family = self.family or self.kind
         return self
 
     @property

@@ -15,12 +15,22 @@ import torch
 from pydantic import Field
 
 from fined.artifacts.kb_store import kb_bytes
+from fined.data.batch import Batch
+from fined.errors import FinedError
 from fined.knowledge.fined_model import FinedModel
 from fined.knowledge.knowledge_base import KnowledgeBase
+from fined.models.trainable import Trainable
 from fined.models.warm_start import load_overlapping
 from fined.protocol.data import batch_bytes
 from fined.protocol.distill import Distilled
-from fined.protocol.strategies import Model, Strategy, StrategySpec, register_strategy
+from fined.protocol.strategies import (
+    Model,
+    Strategy,
+    StrategyContext,
+    StrategySpec,
+    register_strategy,
+)
+from fined.protocol.strategies.replay import Reservoir
 
 
 class FinedSpec(StrategySpec):
@@ -34,6 +44,11 @@ class FinedSpec(StrategySpec):
     # Weight of the distillation towards the KB's own predictions (None: the run's adaptor
     # setting, 0.2 by default; 0: tokens alone).
     kb_distill: float | None = Field(None, ge=0)
+    # The KB beside the remedies it competes with: distillation from the strategy's own model
+    # of t-1 (as ``kd`` does; 0: none), and a reservoir of past rows filling what the KB
+    # leaves of ``budget_bytes`` (the bytes kept in all; None: no reservoir).
+    kd_weight: float = Field(0.0, ge=0)
+    budget_bytes: int | None = Field(None, ge=1)
 
     def adaptor_overrides(self) -> dict[str, Any]:
         """This variant's adaptor settings (its own finetune_lr / kb_distill, where set, on
@@ -49,8 +64,39 @@ class Fined(Strategy):
     spec_class = FinedSpec
     uses_kb = True
 
+    def __init__(self, spec: StrategySpec, context: StrategyContext) -> None:
+        super().__init__(spec, context)
+        self.reservoir: Reservoir | None = None  # sized once the KB's bytes are known
+
     def kb(self, t: int) -> KnowledgeBase:
         return self.context.knowledge_base(None)
+
+    def _reservoir(self, t: int) -> Reservoir | None:
+        """The past rows that fit beside the KB in ``budget_bytes`` (None: no budget)."""
+        if self.spec.budget_bytes is None:
+            return None
+        if self.reservoir is None:
+            left = self.spec.budget_bytes - kb_bytes(self.kb(t))
+            if left < 0:
+                raise FinedError(
+                    f"strategies.{self.spec.label}.budget_bytes: {self.spec.budget_bytes:,} "
+                    f"bytes, but its KB alone takes {-left + self.spec.budget_bytes:,}"
+                )
+            self.reservoir = Reservoir(self.data, left, self.context.seed)
+        return self.reservoir
+
+    def rows(self, t: int) -> Batch:
+        reservoir = self._reservoir(t)
+        current = self.data.train([t], t)
+        return current if reservoir is None else Batch.concat([current, reservoir.at(t)])
+
+    def trainable(self, net: Model) -> Trainable:
+        """With ``kd_weight`` (or a KB trust that compares with the previous period), the
+        model also learns towards its own copy of t-1, as ``kd`` does."""
+        needs_recent = self.context.adaptor.kb_trust in ("disagreement", "agreement")
+        if self.spec.kd_weight > 0 or needs_recent:
+            return Distilled(net, net, self.spec.kd_weight)  # net still equals the model of t-1
+        return net
 
     def fresh(self, t: int) -> FinedModel:
         adaptor = self.context.adaptor
@@ -67,7 +113,9 @@ class Fined(Strategy):
 
     def bytes_kept(self, net: Model, t: int) -> int:
         assert isinstance(net, FinedModel)
-        return kb_bytes(net.kb)  # the KB the model was trained with
+        reservoir = self._reservoir(t)
+        rows = batch_bytes(reservoir.at(t)) if reservoir is not None else 0
+        return kb_bytes(net.kb) + rows  # the KB the model was trained with, and past rows
 
 
 class FinedStreamingSpec(FinedSpec):
