@@ -55,7 +55,7 @@ def data_prepare(
     rows = sum(p.rows for p in fmap.periods)
     skipped = "".join(
         f"; left out {n:,} row{'s' if n > 1 else ''} {why}" for why, n in fmap.skipped_rows.items()
-    )
+    ) + "".join(f"; {what}: {n:,}" for what, n in fmap.source_notes.items())
     console.print(
         f"wrote {out}: {len(fmap.periods)} periods, {rows:,} rows, "
         f"{len(fmap.features)} features (fingerprint {fmap.fingerprint}){skipped}"

@@ -88,6 +88,7 @@ class FeatureMap:
     time_is_row_number: bool = False
     vocab_sha256: str = ""  # digest of vocab.json as written
     skipped_rows: dict[str, int] = field(default_factory=dict)  # rows left out, by reason
+    source_notes: dict[str, int] = field(default_factory=dict)  # what the source reports
     fingerprint: str = ""
     data_fingerprint: str = ""
     format_version: int = FORMAT_VERSION

@@ -108,6 +108,7 @@ def _prepare(
             time_is_row_number=spec.by in ("rows", "key"),
             vocab_sha256=hashlib.sha256(vocab_text.encode()).hexdigest(),
             skipped_rows=dict(scan.skipped),
+            source_notes=source.notes(),
         )
         for name, doc in source.extra_files().items():
             atomic_write_json(tmp / name, doc)

@@ -10,7 +10,9 @@ from fined.registry import Registry
 
 Builder = Callable[[PrepareConfig], RawSource]
 DATASETS: Registry[Builder] = Registry(
-    "dataset", "fined.data.datasets", ("movielens", "synthetic", "table", "presets", "taobao")
+    "dataset",
+    "fined.data.datasets",
+    ("movielens", "synthetic", "table", "presets", "taobao", "mind"),
 )
 register = DATASETS.register
 

@@ -64,7 +64,24 @@ def _convert_time(values: pa.Array | pa.ChunkedArray, fmt: str) -> pa.Array:
     text = pc.cast(values, pa.string())
     if fmt == "yymmddhh":
         text, fmt = pc.binary_join_element_wise("20", text, ""), "%Y%m%d%H"
-    return pc.cast(pc.strptime(text, fmt, "s"), pa.int64())
+    parsed = pc.strptime(text, fmt, "s")
+    _check_round_trip(text, parsed, fmt)
+    return pc.cast(parsed, pa.int64())
+
+
+def _canonical(text: pa.Array) -> pa.Array:
+    """Text with leading zeros of numbers dropped and letters in lower case."""
+    return pc.utf8_lower(pc.replace_substring_regex(text, r"(^|\D)0+(\d)", r"\1\2"))
+
+
+def _check_round_trip(text: pa.Array, parsed: pa.Array, fmt: str) -> None:
+    """Arrow's strptime rolls impossible dates over (11/31 becomes 12/01): a time stamp
+    must read back as it was written, or it is refused."""
+    back = pc.strftime(parsed, fmt)
+    same = pc.equal(_canonical(text), _canonical(back))
+    if not pc.all(pc.fill_null(same, True)).as_py():
+        bad = text.filter(pc.invert(pc.fill_null(same, True)))[0].as_py()
+        raise pa.ArrowInvalid(f"{bad!r} is not a valid date")
 
 
 def _first_unparsable(values: pa.Array | pa.ChunkedArray, fmt: str) -> str:

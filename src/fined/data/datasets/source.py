@@ -47,6 +47,10 @@ class RawSource(Protocol):
         """JSON documents written beside the data (e.g. the synthetic ground truth)."""
         ...
 
+    def notes(self) -> dict[str, int]:
+        """Counts the prepare summary reports (e.g. ids the source could not resolve)."""
+        ...
+
     def close(self) -> None:
         """Release temporary files; called once the encoder is done with the source."""
         ...
@@ -69,6 +73,9 @@ class BaseSource:
         return {}
 
     def extra_files(self) -> dict[str, Any]:
+        return {}
+
+    def notes(self) -> dict[str, int]:
         return {}
 
     def close(self) -> None:
