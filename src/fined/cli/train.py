@@ -177,3 +177,36 @@ def predict(
         pq.write_table(table, sink)
     atomic_write_bytes(out, sink.getvalue().to_pybytes())
     console.print(f"wrote {table.num_rows:,} scores to {out}")
+
+
+@app.command("export")
+def export(
+    run: Annotated[Path, typer.Option(help="A trained model's directory (model.json).")],
+    out: Annotated[Path, typer.Option(help="The artefact (its sidecar: OUT.json).")],
+    format: Annotated[str, typer.Option(help="torchscript | onnx.")] = "torchscript",
+    data: Annotated[
+        Path | None,
+        typer.Option(help="The prepared dataset it was trained on (default: from run.json)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
+    ] = False,
+) -> None:
+    """A self-contained scoring artefact of a trained model (a FINED model with its KB folded
+    in): encoded id/float/sequence tensors in, click probabilities out, no fined needed."""
+    from fined.artifacts.export import export_model
+    from fined.io import read_json
+    from fined.outputs import check_output_file
+
+    if format not in ("torchscript", "onnx"):
+        raise FinedError(f"--format {format!r}: expected torchscript or onnx")
+    check_output_file(out, overwrite, "--out")
+    if data is None:
+        if not (run / "run.json").is_file():
+            raise FinedError(f"{run}: no run.json to find its data in; give --data")
+        data = Path(read_json(run / "run.json", "run description")["data"])
+    store, net, meta = _load_run(run, data)
+    known = max(meta.get("train_periods") or [len(store.feature_map.periods) - 1])
+    sidecar = export_model(net, known, out, format, about={"run": str(run), "data": str(data)})  # type: ignore[arg-type]
+    names = ", ".join(spec["name"] for spec in sidecar["inputs"])
+    console.print(f"wrote {out} ({format}; inputs {names}) and {out}.json")

@@ -54,7 +54,10 @@ class FinedModel(Trainable):
     def knowledge(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(V, gates)`` for the batch; differentiable only when fine-tuning the KB (in
         evaluation a fine-tuned KB is deterministic too, and takes the fast frozen path)."""
-        if self.adaptor_config.finetune_lr is None or not self.training:
+        # An exported graph (``fined export``) takes the functional path: the in-place fast
+        # one writes into views and branches on values, which a graph cannot replay.
+        exporting = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if not exporting and (self.adaptor_config.finetune_lr is None or not self.training):
             return self.kb.query(batch)
         out = self.kb.encode(batch)
         return out["v"], out["z"]

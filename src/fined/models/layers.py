@@ -64,6 +64,9 @@ def short_softmax(scores: torch.Tensor) -> torch.Tensor:
     PyTorch's kernel."""
     if _kernel_is_faster(scores):
         return torch.softmax(scores, -1)
+    if not (torch.is_grad_enabled() and scores.requires_grad):  # inference: the same passes,
+        e = (scores - scores.amax(-1, keepdim=True)).exp_()  # as plain ops (exportable)
+        return e.div_(e.sum(-1, keepdim=True))
     return _ShortSoftmax.apply(scores)
 
 
@@ -169,9 +172,15 @@ class Dice(nn.Module):
         super().__init__()
         self.norm = nn.BatchNorm1d(dim, eps=eps, affine=False)
         self.alpha = nn.Parameter(torch.zeros(dim))
+        self.dim = dim  # a plain int: the width stays static in exported graphs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = torch.sigmoid(self.norm(x.reshape(-1, x.shape[-1]))).view_as(x)
+        if self.training:
+            p = torch.sigmoid(self.norm(x.reshape(-1, self.dim))).view_as(x)
+        else:  # the moving averages, written out (exportable: no batch-norm operator)
+            mean, var = self.norm.running_mean, self.norm.running_var
+            assert mean is not None and var is not None  # tracked: track_running_stats
+            p = torch.sigmoid((x - mean) * torch.rsqrt(var + self.norm.eps))
         return x * (self.alpha + (1.0 - self.alpha) * p)
 
 
