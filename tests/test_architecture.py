@@ -24,7 +24,7 @@ from fined.protocol.strategies import STRATEGIES, Strategy, StrategySpec, regist
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fined"
 BOTTOM = {"__init__", "errors", "config", "io", "outputs", "registry", "distributed"}
-LAYERS = ["data", "models", "knowledge", "artifacts", "train", "report", "protocol", "cli"]
+LAYERS = ["data", "models", "knowledge", "artifacts", "train", "report", "protocol", "tune", "cli"]
 
 
 def _module(path: Path) -> str:

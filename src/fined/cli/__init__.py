@@ -1,6 +1,6 @@
 """The ``fined`` command line (``fined --help``)."""
 
-from fined.cli import continual, data, kb, train  # noqa: F401  (commands register themselves on the app)
+from fined.cli import continual, data, kb, train, tune  # noqa: F401  (commands register themselves)
 from fined.cli.app import app, main, run
 
 __all__ = ["app", "main", "run"]

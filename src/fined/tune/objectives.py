@@ -1,0 +1,103 @@
+"""What a trial runs, and the validation figure it is judged by.
+
+- ``TrainObjective``: one training job (``fined train``) with the trial's settings; judged by
+  the best epoch's validation metric (the held-out tails of the training periods, or what
+  ``valid`` names). The test periods are not given to it.
+- ``RunObjective``: the continual protocol with one strategy and the trial's settings;
+  judged by that strategy's held-out AUC over every period trained on (mean over models and
+  seeds): held-out slices of training periods only.
+
+Both are picklable (trials may run in worker processes) and resume a trial cut short.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fined.config import load_yaml, merge, nested
+from fined.errors import FinedError
+
+
+@dataclass
+class TrainObjective:
+    data: str
+    model: str
+    train_periods: str
+    valid: str = "holdout"
+    settings: dict[str, Any] = field(default_factory=dict)  # the model's, before the trial's
+    train: dict[str, Any] = field(default_factory=dict)  # the trainer's, before the trial's
+    kb: str | None = None
+    monitor: str = "auc"
+
+    def layers(self, trial: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model's and the trainer's settings of a trial (``train.KEY`` keys go to the
+        trainer)."""
+        own = {k: v for k, v in trial.items() if not k.startswith("train.")}
+        trainer = {k.removeprefix("train."): v for k, v in trial.items() if k.startswith("train.")}
+        return {**self.settings, **own}, {**self.train, **trainer, "progress": False}
+
+    def __call__(self, trial: dict[str, Any], directory: Path) -> dict[str, float]:
+        from fined.train.job import train_model
+
+        model, trainer = self.layers(trial)
+        adaptor = {k.removeprefix("adaptor."): model.pop(k) for k in list(model)
+                   if k.startswith("adaptor.")}  # fmt: skip
+        job = train_model(
+            self.data, self.model, self.train_periods, directory, valid=self.valid,
+            settings=model, train=trainer, kb=self.kb, adaptor=adaptor or None, resume=True,
+        )  # fmt: skip
+        best = job.metrics["valid"]
+        sign = -1 if self.monitor == "logloss" else 1  # the objective is maximized
+        return {"valid_auc": best["auc"], "valid_logloss": best["logloss"],
+                "objective": sign * best[self.monitor]}  # fmt: skip
+
+
+@dataclass
+class RunObjective:
+    config: str  # a run config file
+    strategy: str  # the label of the strategy tuned
+    quick: bool = False
+    sets: dict[str, Any] = field(default_factory=dict)  # --set overrides before the trial's
+
+    def document(self, trial: dict[str, Any]) -> dict[str, Any]:
+        """The run config of a trial: only the tuned strategy (its own baseline), with the
+        trial's ``strategy.KEY`` settings on it and its other keys on the config."""
+        doc = load_yaml(self.config)
+        if not isinstance(doc, dict):
+            raise FinedError(f"{self.config}: expected a mapping at the top level")
+        if self.quick:
+            doc = merge(doc, doc.get("quick") or {})
+        own = {
+            k.removeprefix("strategy."): v for k, v in trial.items() if k.startswith("strategy.")
+        }
+        doc = merge(doc, nested({**self.sets, **{k: v for k, v in trial.items()
+                                                 if not k.startswith("strategy.")}}))  # fmt: skip
+        chosen = [s for s in doc.get("strategies") or [] if _label(s) == self.strategy]
+        if not chosen:
+            raise FinedError(f"{self.config}: no strategy labelled {self.strategy!r}")
+        entry = {"kind": chosen[0]} if isinstance(chosen[0], str) else dict(chosen[0])
+        doc["strategies"] = [merge(entry, nested(own))]
+        doc["baseline"] = self.strategy
+        doc.pop("quick", None)
+        return doc
+
+    def __call__(self, trial: dict[str, Any], directory: Path) -> dict[str, float]:
+        import polars as pl
+
+        from fined.config import parse_model
+        from fined.protocol.config import RunConfig
+        from fined.protocol.runner import Runner
+
+        config = parse_model(RunConfig, self.document(trial), f"{self.config} (trial)")
+        summary = Runner(config, directory).run()
+        row = summary.filter(pl.col("strategy") == self.strategy)
+        held_out = float(row["held_out_auc_mean"].mean())
+        return {"held_out_auc": held_out, "objective": held_out}
+
+
+def _label(entry: Any) -> str:
+    if isinstance(entry, str):
+        return entry
+    return str(entry.get("label") or entry.get("kind"))

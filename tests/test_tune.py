@@ -1,0 +1,108 @@
+"""`fined tune`: a search that chooses on validation only (flipping the test period's labels
+changes no choice), resumes after a kill to what it would have found, and tunes a strategy
+of the protocol."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import killed_in_epoch, write_run_config
+from fined.cli import main
+from fined.data.feature_map import FeatureMap
+from fined.data.loader import footer_digest
+from fined.data.prepare import prepare
+from fined.data.schema import PrepareConfig
+
+SPACE = {"train.lr": {"log": [1.0e-3, 3.0e-2]}, "dropout": [0.0, 0.2], "embedding_dim": [4, 8]}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tune") / "data"
+    options = {"n_rows": 6000, "n_periods": 4, "n_fields": 4, "cardinality": 30, "seed": 4}
+    prepare(PrepareConfig(dataset="synthetic", options=options), out)
+    return out
+
+
+def _flipped(data: Path, dst: Path, period: int) -> Path:
+    shutil.copytree(data, dst)
+    fmap = FeatureMap.load(dst)
+    path = dst / fmap.periods[period].file
+    table = pq.read_table(path)
+    label = table.column("label")
+    flipped = pc.subtract(pa.scalar(1, label.type), label)
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", flipped), path)
+    with open(path, "rb") as fh:
+        fmap.periods[period].footer_sha256 = footer_digest(fh)
+    fmap.data_fingerprint = fmap.compute_data_fingerprint()
+    fmap.save(dst)
+    return dst
+
+
+def _tune(data: Path, out: Path, space: Path, *extra: str) -> int:
+    args = ["tune", "train", "--data", data, "--model", "deepfm", "--train-periods", "0:1",
+            "--test", "3", "--space", space, "--out", out, "--trials", "5", "--sampler", "tpe",
+            "--set", "mlp=[16]", "--set", "train.epochs=2", "--set", "train.batch_size=256",
+            *extra]  # fmt: skip
+    return main([str(a) for a in args])
+
+
+def _table(out: Path) -> pl.DataFrame:
+    return pl.read_csv(out / "trials.csv").drop("seconds")
+
+
+def test_the_test_period_drives_no_choice(data, tmp_path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    flipped = _flipped(data, tmp_path / "flipped-data", period=3)
+    assert _tune(data, tmp_path / "plain", space) == 0
+    assert _tune(flipped, tmp_path / "flipped", space) == 0
+    assert _table(tmp_path / "plain").equals(
+        _table(tmp_path / "flipped")
+    )  # same trials, same scores
+    plain, other = (yaml.safe_load((tmp_path / d / "best.json").read_text())
+                    for d in ("plain", "flipped"))  # fmt: skip
+    assert plain["trial"] == other["trial"] and plain["settings"] == other["settings"]
+    assert other["test"]["auc"] == pytest.approx(1 - plain["test"]["auc"], abs=1e-9)  # scored once
+    assert len(_table(tmp_path / "plain")) == 5 and (tmp_path / "plain" / "best.yaml").is_file()
+    best = yaml.safe_load((tmp_path / "plain" / "best.yaml").read_text())
+    assert best["mlp"] == [16] and "lr" in best["train"]  # ready for fined train --config
+
+
+def test_a_killed_search_resumes_to_the_same_trials(data, tmp_path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    assert _tune(data, tmp_path / "whole", space) == 0
+    with killed_in_epoch(6, raises=False):  # the third trial's second epoch (2 a trial)
+        assert _tune(data, tmp_path / "killed", space) == 130  # interrupted
+    records = sorted(p.name for p in (tmp_path / "killed" / "trials").glob("*.json"))
+    assert records == ["000.json", "001.json", "002.json"]  # the third was cut short
+    assert _tune(data, tmp_path / "killed", space) == 0
+    assert _table(tmp_path / "killed").equals(_table(tmp_path / "whole"))
+
+
+def test_tuning_a_strategy_of_the_protocol(data, tmp_path) -> None:
+    config = write_run_config(
+        tmp_path / "run.yaml", data, ["incremental", {"kind": "kd", "label": "kd"}],
+        model_settings={"deepfm": {"embedding_dim": 4, "mlp": [16]}},
+        train={"batch_size": 256, "epochs": 2, "patience": 1},
+    )  # fmt: skip
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"strategy.kd_weight": [0.0, 1.0]}))
+    out = tmp_path / "search"
+    args = ["tune", "run", config, "--strategy", "kd", "--space", space, "--out", out,
+            "--sampler", "grid"]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    table = _table(out)
+    assert table["strategy.kd_weight"].to_list() == [0.0, 1.0] and table["held_out_auc"].min() > 0.5
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["strategies"][0]["kind"] == "kd" and best["baseline"] == "kd"
+    assert main(["run", str(out / "best.yaml"), "--out", str(tmp_path / "again")]) == 0
