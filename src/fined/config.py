@@ -9,6 +9,9 @@ the model's own defaults (the pydantic fields) < a user's file < ``--quick`` ove
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,18 +29,61 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _MODELS[cls.__name__] = cls  # so that an error can suggest this model's keys
 
-def format_validation_error(err: ValidationError, where: str) -> str:
-    """One line per problem, each naming the key path, e.g. ``periods.by: Input should be ...``."""
+
+def format_validation_error(
+    err: ValidationError, where: str, model: type[BaseModel] | None = None
+) -> str:
+    """One line per problem, each naming the key path, e.g. ``periods.by: Input should be ...``;
+    a key that does not exist is given the nearest existing one (``did you mean``)."""
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
         if e["type"] == NESTED:  # a section validated by a model chosen at run time
             parts += [f"{loc}.{path}: {msg}" for path, msg in e["ctx"]["errors"]]
         else:
-            message = e["msg"].removeprefix("Value error, ")
-            parts.append(f"{loc or '(top level)'}: {message}")
+            parts.append(f"{loc or '(top level)'}: {describe(e, model)}")
     return f"{where}: " + "; ".join(parts)
+
+
+def describe(error: Any, model: type[BaseModel] | None) -> str:
+    """A pydantic error's message, with the nearest key for a key that does not exist."""
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden" and model is not None and error["loc"]:
+        known = _keys_at(model, error["loc"][:-1])
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1, cutoff=0.6)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+    return message
+
+
+def _keys_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """The keys of the section at ``path`` inside ``model`` (best effort: [] if unknown)."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue  # an item of a list
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        current = _model_inside(fields[part].annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_inside(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (``X``, ``X | None``, ``list[X]``...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_inside(arg)
+        if found is not None:
+            return found
+    return None
 
 
 NESTED = "nested"
@@ -56,12 +102,12 @@ def nested_error(err: ValidationError, *path: str | int) -> PydanticCustomError:
     contents: a strategy's kind, a model's name), as one error whose key paths continue the
     section's own (``strategies`` + ``1.kd_weight``)."""
     prefix = "".join(f"{p}." for p in path)
+    model = _MODELS.get(err.title)  # the model the error is about (its title names it)
     errors = [
-        (prefix + ".".join(str(x) for x in e["loc"]), e["msg"])
-        if e["loc"]
-        else (prefix.rstrip("."), e["msg"])
+        (prefix + ".".join(str(x) for x in e["loc"]) if e["loc"] else prefix.rstrip("."),
+         describe(e, model))
         for e in err.errors()
-    ]
+    ]  # fmt: skip
     text = "; ".join(f"{p}: {m}" for p, m in errors)
     return PydanticCustomError(NESTED, "{text}", {"text": text, "errors": errors})
 
@@ -71,7 +117,10 @@ def parse_model(model: type[M], data: Any, where: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise FinedError(format_validation_error(err, where)) from None
+        raise FinedError(format_validation_error(err, where, model)) from None
+
+
+_MODELS: dict[str, type[BaseModel]] = {}  # StrictModel subclasses by name, as defined
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -115,3 +164,22 @@ def resolve(model: type[M], *layers: dict[str, Any] | None, where: str) -> M:
     for layer in layers:
         doc = merge(doc, layer or {})
     return parse_model(model, doc, where)
+
+
+def type_name(annotation: Any) -> str:
+    """A setting's type as a reader would write it: ``int``, ``str | None``, ``'a' | 'b'``,
+    ``list[int]`` (``Annotated`` metadata left out)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is typing.Union or origin is types.UnionType:
+        return " | ".join(type_name(a) for a in args)
+    if origin is not None:
+        return (
+            f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_name(a) for a in args)}]"
+        )
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))

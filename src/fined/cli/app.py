@@ -21,8 +21,28 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="CTR prediction on drifting data, with a parametric knowledge base of the past (FINED).",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from fined import __version__
+
+        console.print(f"fined {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """CTR prediction on drifting data, with a parametric knowledge base of the past (FINED)."""
+
+
 # Tables stay readable when the output is piped or logged (rich would default to 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)

@@ -74,9 +74,33 @@ def data_describe(directory: Annotated[Path, typer.Argument(help="A prepared dat
 
 
 @data_app.command("datasets")
-def data_datasets() -> None:
-    """List the built-in dataset adapters."""
-    from fined.data.datasets import dataset_names
+def data_datasets(
+    name: Annotated[str | None, typer.Argument(help="An adapter: list its -o options.")] = None,
+) -> None:
+    """List the built-in dataset adapters, or one adapter's ``-o`` options."""
+    from rich.table import Table
 
-    for name in dataset_names():
-        console.print(name)
+    from fined.config import type_name
+    from fined.data.datasets import dataset_names, dataset_options, dataset_summary
+
+    if name is None:
+        for known in dataset_names():
+            console.print(f"{known}: {dataset_summary(known)}", highlight=False)
+        console.print("`fined data datasets NAME` lists an adapter's -o options")
+        return
+    console.print(f"{name}: {dataset_summary(name)}", highlight=False)
+    options = dataset_options(name)
+    if options is None:
+        console.print("(no -o options; see docs/reference.md)")
+        return
+    table = Table(title=f"fined data prepare --dataset {name} -o KEY=VALUE")
+    for col in ("option", "type", "default"):
+        table.add_column(col)
+    for key, field in options.model_fields.items():
+        default = (
+            "(required)"
+            if field.is_required()
+            else repr(field.get_default(call_default_factory=True))
+        )
+        table.add_row(key, type_name(field.annotation), default)
+    console.print(table)

@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from fined.cli.app import app, console, launch_workers, load_settings
+from fined.cli.app import app, console, err_console, launch_workers, load_settings
 from fined.errors import FinedError
 
 
@@ -84,6 +85,7 @@ def train(
         for k in list(model_over)
         if k.startswith("adaptor.")
     }
+    _name_the_source(model, config, set_)
     if kb_finetune is not None:
         adaptor["finetune_lr"] = kb_finetune
     if seed is not None:
@@ -96,6 +98,27 @@ def train(
         title = f"{job.model.model_name}: best epoch {job.fit.best_epoch}"
         console.print(_metrics_table(title, job.metrics))
     distributed.teardown()
+
+
+def _name_the_source(model: str, config: Path | None, sets: list[str]) -> None:
+    """A bad model or trainer setting, blamed on where it was written: the file first, then
+    the command line's ``--set``."""
+    from fined.config import resolve
+    from fined.models.ctr_model import model_config
+    from fined.train.config import TrainConfig
+
+    def check(own: dict, trainer: dict, where: str) -> None:
+        own = {k: v for k, v in own.items() if not k.startswith("adaptor.")}
+        try:
+            model_config(model, own)
+            resolve(TrainConfig, trainer, where="train")
+        except FinedError as err:
+            raise FinedError(f"{where}: {err}") from None
+
+    if config is not None:
+        check(*load_settings(config, []), str(config))
+    if sets:
+        check(*load_settings(config, sets), f"--set {' '.join(sets)}")
 
 
 def _load_run(run_dir: Path, data: Path):
@@ -123,6 +146,13 @@ def evaluate(
     store, net, meta = _load_run(run, data)
     chosen = parse_periods(periods, store.feature_map)
     known = max(meta.get("train_periods") or [len(store.feature_map.periods) - 1])
+    seen = sorted(set(chosen) & set(meta.get("train_periods") or []))
+    if seen:
+        names = ", ".join(store.feature_map.periods[p].name for p in seen)
+        err_console.print(
+            Text.assemble(("warning:", "bold yellow"), f" the model was trained on {names}: "
+                          "scores there are not a test of it"), soft_wrap=True,
+        )  # fmt: skip
     metrics = Trainer(net).evaluate(store.load(chosen, part, known_through=known))
     console.print(_metrics_table(f"{meta['model']} on periods {periods}", {part: metrics}))
     console.print(json.dumps({k: v for k, v in metrics.items()}))
@@ -134,15 +164,24 @@ def predict(
     data: Annotated[Path, typer.Option(help="The prepared dataset it was trained on.")],
     periods: Annotated[str, typer.Option(help="Periods to score.")],
     out: Annotated[Path, typer.Option(help="Scores file: .csv or .parquet.")],
+    columns: Annotated[
+        str,
+        typer.Option(
+            help="Also write these: categorical features (raw ids) and `row`, comma-separated."
+        ),
+    ] = "",
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
     ] = False,
 ) -> None:
-    """Click probabilities for every row of some periods, to CSV or Parquet."""
+    """Click probabilities for every row of some periods, to CSV or Parquet; ``--columns``
+    passes raw ids (and ``row``, the row's place in its period) through, to join back."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
+    import torch
 
+    from fined.data.raw_rows import RawRowEncoder
     from fined.io import atomic_write_bytes
     from fined.outputs import check_output_file
     from fined.train.selection import parse_periods
@@ -155,20 +194,34 @@ def predict(
     fmap = store.feature_map
     chosen = parse_periods(periods, fmap)
     known = max(meta.get("train_periods") or [len(fmap.periods) - 1])
+    passed = [c.strip() for c in columns.split(",") if c.strip()]
+    raw = RawRowEncoder(data) if [c for c in passed if c != "row"] else None
+    ids = {f.name: j for j, f in enumerate(fmap.id_features)}
+    for name in passed:
+        if name != "row" and (name not in ids or fmap.feature(name).kind != "categorical"):
+            raise FinedError(f"--columns {name!r}: not a categorical feature (nor `row`)")
     trainer = Trainer(net)
+    limits, seq_limits = fmap.known_limits(known)
     parts = []
     for p in chosen:
-        rows = store.load([p], known_through=known)
-        parts.append(
-            pa.table(
-                {
-                    "period": pa.array([fmap.periods[p].name] * len(rows)),
-                    "time": rows.time.numpy(),
-                    "label": rows.label.numpy().astype("int8"),
-                    "score": trainer.predict(rows),
-                }
-            )
-        )
+        stored = store.load([p])  # as stored: raw ids decode from these
+        rows = stored.forget_later_ids(torch.tensor(limits), seq_limits)
+        table = {
+            "period": pa.array([fmap.periods[p].name] * len(rows)),
+            "time": rows.time.numpy(),
+            "label": rows.label.numpy().astype("int8"),
+            "score": trainer.predict(rows),
+        }
+        for name in passed:
+            if name == "row":
+                table["row"] = pa.array(range(len(rows)), pa.int64())
+            else:
+                assert raw is not None
+                values = raw.decode(name, stored.ids[:, ids[name]].numpy())
+                if len({type(v) for v in values if v is not None}) > 1:  # ids and "#bucket k"
+                    values = [None if v is None else str(v) for v in values]
+                table[name] = pa.array(values)
+        parts.append(pa.table(table))
     table = pa.concat_tables(parts)
     sink = pa.BufferOutputStream()
     if out.suffix == ".csv":

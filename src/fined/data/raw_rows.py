@@ -48,6 +48,25 @@ class RawRowEncoder:
         ]  # fmt: skip
         transforms = {f.name: NumericTransform(**f.transform) for f in fmap.features if f.transform}
         self.encoder = RowEncoder(specs, vocabs, transforms)
+        self.vocabs = vocabs
+
+    def decode(self, feature: str, indices: np.ndarray) -> list[Any]:
+        """The raw ids of a categorical feature's encoded ``indices`` (None: padding or OOV;
+        ``"#bucket k"`` for an id hashed into a shared bucket)."""
+        spec = self.feature_map.feature(feature)
+        if spec.kind != "categorical":
+            raise FinedError(f"{feature!r} is not a categorical feature: its ids cannot be decoded")
+        vocab = self.vocabs[spec.vocab]
+        first = vocab.first
+        out: list[Any] = []
+        for i in indices.tolist():
+            if i >= first:
+                out.append(vocab.ids[i - first])
+            elif i >= 2:
+                out.append(f"#bucket {i - 2}")
+            else:
+                out.append(None)
+        return out
 
     def encode(self, rows: pa.Table | dict[str, Any]) -> dict[str, np.ndarray]:
         """``{"ids": [B, F_id] int32, "floats": [B, F_float] float32, <sequence>: [B, L]

@@ -176,8 +176,10 @@ def load_run_config(
         raise FinedError(f"{path}: expected a mapping at the top level")
     if quick:
         doc = merge(doc, doc.get("quick") or {})
-    doc = merge(doc, nested(sets or {}))
-    config = parse_model(RunConfig, doc, str(path))
+    config = parse_model(RunConfig, doc, str(path))  # the file's own mistakes, named as its
+    if sets:  # then what the command line changed, named as its own
+        shown = " ".join(f"{k}={v!r}" for k, v in sets.items())
+        config = parse_model(RunConfig, merge(doc, nested(sets)), f"--set {shown}")
     for spec in config.strategies:  # every KB variant must validate before hours of training
         if spec.uses_kb:
             config.kb_config(spec)

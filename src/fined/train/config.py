@@ -13,25 +13,25 @@ from fined.config import StrictModel
 class TrainConfig(StrictModel):
     """Trainer settings (the ``train:`` section of a config, ``--set train.KEY=VALUE``)."""
 
-    optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "adamw"] = "adam"  # adam; adamw (decoupled weight decay)
+    lr: float = Field(1e-3, gt=0)  # the learning rate (decayed on plateaus, see lr_patience)
+    weight_decay: float = Field(0.0, ge=0)  # on the dense parameters
     embedding_l2: float = Field(0.0, ge=0)  # on the embeddings looked up in each batch
-    batch_size: int = Field(4096, ge=1)
-    eval_batch_size: int = Field(16384, ge=1)
+    batch_size: int = Field(4096, ge=1)  # rows per step (all ranks together)
+    eval_batch_size: int = Field(16384, ge=1)  # rows per step when scoring
     epochs: int = Field(50, ge=1)  # at most; early stopping usually ends sooner
     patience: int = Field(2, ge=1)  # epochs without validation improvement before stopping
     lr_patience: int = Field(1, ge=0)  # epochs without improvement before the lr decays
-    lr_factor: float = Field(0.1, gt=0, le=1)
-    min_lr: float = Field(1e-6, ge=0)
-    grad_clip: float | None = Field(10.0, gt=0)
-    monitor: Literal["auc", "logloss"] = "auc"
+    lr_factor: float = Field(0.1, gt=0, le=1)  # the decay's factor
+    min_lr: float = Field(1e-6, ge=0)  # the rate never decays below this
+    grad_clip: float | None = Field(10.0, gt=0)  # the gradients' global norm at most this
+    monitor: Literal["auc", "logloss"] = "auc"  # the validation figure epochs are chosen by
     select_after: int = Field(0, ge=0)  # epochs before this one are never selected or counted
-    seed: int = 1
-    deterministic: bool = False
-    threads: int | None = Field(None, ge=1)
-    progress: bool = True
-    tensorboard: bool = False
+    seed: int = 1  # initial weights, shuffling, sampling: all follow it
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower where it matters)
+    threads: int | None = Field(None, ge=1)  # torch threads (None: PyTorch's choice)
+    progress: bool = True  # a progress bar per epoch on a terminal
+    tensorboard: bool = False  # TensorBoard scalars in the run directory (needs tensorboard)
 
 
 class KBTrainConfig(TrainConfig):

@@ -22,7 +22,7 @@ from typing import Any
 
 from fined import distributed
 from fined.artifacts.kb_store import load_kb
-from fined.artifacts.model_store import describe_model, save_model
+from fined.artifacts.model_store import META, describe_model, save_model
 from fined.config import resolve
 from fined.data.loader import PeriodStore
 from fined.errors import FinedError
@@ -33,7 +33,7 @@ from fined.models.ctr_model import CTRModel, ModelConfig, build_model
 from fined.outputs import owned_directory
 from fined.train.config import TrainConfig
 from fined.train.selection import Split, make_split
-from fined.train.trainer import FitResult, Trainer, seed_everything
+from fined.train.trainer import LAST, FitResult, Trainer, seed_everything
 
 COMMAND = "train"  # the owner named in a training run directory's marker
 RUN_FILE = "run.json"  # what the run was started with (a resume must match it)
@@ -148,7 +148,7 @@ class _Job:
                 f"training {net.model_name} on {len(split.train):,} rows, validating on "
                 f"{len(split.valid):,}{share}"
             )
-        trainer = Trainer(net, train_config)
+        trainer = Trainer(net, train_config, log=self.log)
         fit = trainer.fit(split.train, split.valid, run_dir=run_dir, resume=self.resume)
         metrics: dict[str, dict[str, float]] = {"valid": fit.best}
         if split.test is not None:
@@ -176,8 +176,14 @@ def _describe_run(out: Path, run: dict[str, Any], resume: bool) -> None:
         changed = [k for k in run if k != "data" and before.get(k) != run[k]]
         if changed:
             raise FinedError(f"--resume: {out} was started with different {', '.join(changed)}")
-    elif (out / RUN_FILE).is_file():
+    elif (out / RUN_FILE).is_file() and _started(out):
         raise FinedError(
             f"{out} already holds a run (use --resume to continue it, or another --out)"
         )
     atomic_write_json(out / RUN_FILE, run)
+
+
+def _started(out: Path) -> bool:
+    """Whether a run in ``out`` got as far as an epoch: a start that failed before (a bad
+    setting found late) leaves nothing that blocks the corrected rerun."""
+    return (out / LAST).is_file() or (out / META).is_file()

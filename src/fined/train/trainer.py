@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,16 @@ class _TrainingPass(nn.Module):
 class Trainer:
     """Fits, evaluates and predicts with one model."""
 
-    def __init__(self, model: Trainable, config: TrainConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: Trainable,
+        config: TrainConfig | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        """``log``: where to say each epoch's line (loss, validation AUC, time)."""
         if not isinstance(model, Trainable):
             raise TypeError(f"the trainer trains a fined Trainable, not {type(model).__name__}")
-        self.model = model
+        self.model, self.log = model, log
         self.config = config or TrainConfig()
         self.dist = distributed.context()  # several ranks under torchrun, else one
         if self.config.threads:
@@ -143,7 +150,9 @@ class Trainer:
         net, batch_size = self._parallel()
         loader = BatchLoader(train, batch_size, shuffle=True, seed=c.seed)
         steps = distributed.min_int(len(loader))  # every rank takes as many steps
-        log = EpochLog(run_dir if self.dist.main else None, c.tensorboard)
+        log = EpochLog(
+            run_dir if self.dist.main else None, c.tensorboard, self.log if self.dist.main else None
+        )
         trained_rows = 0
         train_seconds = 0.0
         while state.epoch < c.epochs and not state.stopped(c.patience):
@@ -171,7 +180,7 @@ class Trainer:
             state.seconds += seconds
             if run_dir is not None and self.dist.main:
                 self._checkpoint(run_dir, optimizer, scheduler, auxiliary, state)
-            log.epoch_done(state.history)
+            log.epoch_done(state.history, state.best_epoch)
             distributed.barrier()  # no rank runs ahead of the checkpoint
         if state.best_weights is not None:
             self.model.load_state_dict(state.best_weights)

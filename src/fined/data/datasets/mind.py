@@ -200,10 +200,9 @@ class MindSource(BaseSource):
         }
 
 
-@register("mind")
+@register("mind", MindOptions)
 def build(config: PrepareConfig) -> MindSource:
-    """``options``: ``behaviors`` (a path or a list, in time order), ``news`` (a path or a
-    list), ``max_len`` (history length, 50)."""
+    """MIND news clicks: behaviors.tsv (one row per news shown) with news.tsv: by day."""
     options = parse_model(MindOptions, config.options, "options")
     features = config.features or default_features(options.max_len)
     known = {f.name for f in default_features(options.max_len)}

@@ -187,6 +187,7 @@ def _index_by(keys: np.ndarray, values: np.ndarray, what: str) -> np.ndarray:
     return order[pos]
 
 
-@register("movielens100k")
+@register("movielens100k", MovieLensOptions)
 def build(config: PrepareConfig) -> MovieLensSource:
+    """MovieLens-100K from the recbole wheel: label = rating >= 4, histories; by month."""
     return MovieLensSource(config)

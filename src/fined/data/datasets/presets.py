@@ -78,8 +78,9 @@ class CriteoOptions(PathOptions):
     header: bool = True  # false: the standard 40 column names, in order
 
 
-@register("criteo")
+@register("criteo", CriteoOptions)
 def build_criteo(config: PrepareConfig) -> TableSource:
+    """Criteo CSV/TSV (label, I1..I13, C1..C26): no time stamps, so 7 row blocks."""
     o = parse_model(CriteoOptions, config.options, "options")
     table = TableOptions(
         path=o.path,
@@ -121,8 +122,9 @@ def _avazu_source(column: str) -> Source:
     return "item" if column.startswith(("site_", "app_")) else "context"
 
 
-@register("avazu")
+@register("avazu", PathOptions)
 def build_avazu(config: PrepareConfig) -> TableSource:
+    """Avazu CSV (hour = YYMMDDHH): by day; device fields are the user side."""
     o = parse_model(PathOptions, config.options, "options")
     table = TableOptions(
         path=o.path,
@@ -143,8 +145,9 @@ TAOBAO_USER = ["userid", *PROFILE]
 TAOBAO_AD = ["adgroup_id", *AD]
 
 
-@register("taobao_ad_joined")
+@register("taobao_ad_joined", PathOptions)
 def build_taobao_ad_joined(config: PrepareConfig) -> TableSource:
+    """The BARS TaobaoAd_x1 joined CSV (click sequences of ad groups): by day."""
     o = parse_model(PathOptions, config.options, "options")
     table = TableOptions(
         path=o.path, label="clk", time="time_stamp", time_format="%Y-%m-%d %H:%M:%S"
@@ -235,8 +238,9 @@ class ElemeOptions(PathOptions):
     max_len: int = Field(50, ge=1)  # ids kept per behaviour list
 
 
-@register("eleme")
+@register("eleme", ElemeOptions)
 def build_eleme(config: PrepareConfig) -> TableSource:
+    """Ele.me D{day}_{part}.csv files, no header, 39 columns: the file's day is the period."""
     o = parse_model(ElemeOptions, config.options, "options")
     table = TableOptions(
         path=o.path,

@@ -218,6 +218,7 @@ def _zipf_cdf(n: int, s: float) -> np.ndarray:
     return cdf
 
 
-@register("synthetic")
+@register("synthetic", SyntheticOptions)
 def build(config: PrepareConfig) -> SyntheticSource:
+    """Generated drift with planted recurring patterns (ground_truth.json): by day."""
     return SyntheticSource(config)

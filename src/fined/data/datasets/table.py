@@ -358,7 +358,7 @@ def default_periods(options: TableOptions) -> PeriodSpec:
     return PeriodSpec(by="rows", n_periods=10)
 
 
-@register("table")
+@register("table", TableOptions)
 def build_table(config: PrepareConfig) -> TableSource:
     """Any CSV/Parquet files; ``features`` must be given (a table has no default schema)."""
     options = parse_model(TableOptions, config.options, "options")

@@ -344,9 +344,10 @@ class TaobaoAdRawSource(BaseSource):
         self._dir = None
 
 
-@register("taobao_ad_raw")
+@register("taobao_ad_raw", Options)
 def build(config: PrepareConfig) -> TaobaoAdRawSource:
-    """Build the source from a prepare job (options: see :class:`Options`)."""
+    """Taobao display ads, the four raw Tianchi tables, behaviours joined strictly before each
+    impression: by day in China time."""
     options = parse_model(Options, config.options, "options")
     features = config.features or default_features(options.max_len)
     check_features(features)

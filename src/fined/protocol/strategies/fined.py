@@ -60,6 +60,10 @@ class FinedSpec(StrategySpec):
 
 @register_strategy("fined")
 class Fined(Strategy):
+    """The base model fed by a frozen KB of the first s periods (warm start; with
+    ``kd_weight`` and ``budget_bytes`` also distilled from its model of t-1 and replaying a
+    reservoir beside the KB)."""
+
     spec: FinedSpec
     spec_class = FinedSpec
     uses_kb = True
@@ -125,6 +129,9 @@ class FinedStreamingSpec(FinedSpec):
 
 @register_strategy("fined_streaming")
 class FinedStreaming(Fined):
+    """As ``fined``; after each period the KB absorbs it (a few epochs on its rows,
+    distilled towards its previous snapshot): a fixed size, no raw row kept."""
+
     spec: FinedStreamingSpec
     spec_class = FinedStreamingSpec
 
@@ -153,6 +160,9 @@ class FinedStreaming(Fined):
 
 @register_strategy("fined_rebuild")
 class FinedRebuild(Fined):
+    """As ``fined``, the KB rebuilt from all the raw past periods each period (the reference
+    for streaming: it keeps every past row)."""
+
     def kb(self, t: int) -> KnowledgeBase:
         return self.context.knowledge_base(t - 1)
 

@@ -15,6 +15,8 @@ class KDSpec(StrategySpec):
 
 @register_strategy("kd")
 class KnowledgeDistillation(Strategy):
+    """Warm start, plus a distillation term towards the model of t-1 (IncCTR-style)."""
+
     spec: KDSpec
     spec_class = KDSpec
 

@@ -39,6 +39,8 @@ class Reservoir:
 
 @register_strategy("replay")
 class Replay(Strategy):
+    """Warm start; the current period plus a reservoir sample of past rows."""
+
     spec: ReplaySpec
     spec_class = ReplaySpec
 
