@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Callable
 
 from fined.artifacts.kb_store import load_kb
@@ -38,6 +39,7 @@ class KBCache:
     ) -> None:
         self.directory, self.store, self.train, self.s = directory, store, train, kb_periods
         self.announce, self.built = announce, built  # progress: a build starts / has ended
+        self.seconds = 0.0  # spent building, by this process (cells count their share)
 
     def name(self, config: KBConfig, seed: int, through: int) -> str:
         return f"{variant_key(config)}-seed{seed}" + (f"-to{through}" if through >= self.s else "")
@@ -56,9 +58,10 @@ class KBCache:
                 self.announce(what)
                 train = self.train.model_copy(update={"seed": seed, "progress": False})
                 periods = list(range(through + 1))
+                started = time.perf_counter()
                 build_knowledge_base(self.store, periods, config, train, directory, resume=True)
+                self.seconds += time.perf_counter() - started
                 shutil.rmtree(directory / "checkpoints", ignore_errors=True)
-                if through < self.s:  # rebuilt KBs are part of their cell, not counted apart
-                    self.built(what)
+                self.built(what)
         kb, _ = load_kb(directory, self.store.feature_map)
         return kb

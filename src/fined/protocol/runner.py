@@ -89,14 +89,19 @@ class Runner:
             announce=lambda what: self.progress(self.done, self.total, what, ""),
             built=lambda what: self._tick(what, "built"),
         )
-        variants = {
-            (self.kbs.name(c.kb_config(spec), seed, self.s - 1))
+        # Every KB to build counts as a step of the progress (and of its ETA): the first of
+        # each variant and seed, and those a strategy rebuilds each period.
+        builds = {
+            self.kbs.name(c.kb_config(spec), seed, through)
             for spec in c.strategies
             if spec.uses_kb
             for seed in c.seeds
+            for through in (
+                [t - 1 for t in self.steps] if spec.strategy.rebuilds_kb else [self.s - 1]
+            )
         }
         cells = len(c.seeds) * len(c.models) * (1 + len(c.strategies) * len(self.steps))
-        self.total = cells + len(variants)
+        self.total = cells + len(builds)
         if stored is None:
             self.directory.write_config(resolved)
 
@@ -216,6 +221,7 @@ class Runner:
                 previous = self.directory.weights(chain / f"t{records[-1]['t']}", records[-1])
                 from_warmup = False
             self.progress(self.done, self.total, label, "")
+            kb_before = self.kbs.seconds
             seed_everything(step_seed(seed, t))  # the initial weights of a fresh model
             net = strategy.build(t, previous, from_warmup)
             config = self.config.train_config(seed=step_seed(seed, t), progress=False)
@@ -226,7 +232,9 @@ class Runner:
             net.eval()
             test, forgetting = self._evaluate(net, t)
             kept = strategy.bytes_kept(net, t)
+            absorbed = time.perf_counter()
             strategy.after_period(net, t)  # the streaming KB absorbs P_t (used from t + 1)
+            kb_seconds = self.kbs.seconds - kb_before + time.perf_counter() - absorbed
             record = {
                 "strategy": spec.label,
                 "kind": spec.kind,
@@ -243,6 +251,7 @@ class Runner:
                 "epochs": len(fit.history),
                 "train_rows": len(rows),
                 "train_seconds": fit.seconds,
+                "kb_seconds": kb_seconds,  # KB builds (or absorbing) this cell waited for
                 "bytes_kept": kept,
                 "forgetting": forgetting,
             }

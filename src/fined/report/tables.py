@@ -22,12 +22,14 @@ from fined.train.metrics import rela_impr
 
 RESULT_COLUMNS = [
     "strategy", "kind", "model", "seed", "t", "period", "test_period", "auc", "logloss",
-    "gauc", "valid_auc", "best_epoch", "epochs", "train_rows", "train_seconds", "bytes_kept",
+    "gauc", "valid_auc", "best_epoch", "epochs", "train_rows", "train_seconds", "kb_seconds",
+    "bytes_kept",
 ]  # fmt: skip
 
 
 def results_table(records: list[dict[str, Any]], order: list[str]) -> pl.DataFrame:
-    rows = [{k: r[k] for k in RESULT_COLUMNS} for r in records]
+    rows = [{k: r.get(k, 0.0) if k == "kb_seconds" else r[k] for k in RESULT_COLUMNS}
+            for r in records]  # fmt: skip
     frame = pl.DataFrame(rows, schema_overrides={"valid_auc": pl.Float64, "gauc": pl.Float64})
     rank = {name: i for i, name in enumerate(order)}
     return (
@@ -94,6 +96,7 @@ def summary_table(
             pl.col("gauc").mean(),
             pl.col("bytes_kept").max(),
             pl.col("train_seconds").sum(),
+            pl.col("kb_seconds").sum(),
         )
         .join(bwt, on=["strategy", "model", "seed"])
     )
@@ -106,6 +109,7 @@ def summary_table(
         *std,
         pl.col("bytes_kept").mean(),
         pl.col("train_seconds").mean(),
+        pl.col("kb_seconds").mean(),
     )
     base = dict(
         summary.filter(pl.col("strategy") == baseline).select("model", "auc_mean").iter_rows()
@@ -118,7 +122,7 @@ def summary_table(
     columns = [
         "strategy", "model", "seeds", "auc_mean", "auc_std", "relaimpr", "logloss_mean",
         "logloss_std", "gauc_mean", "gauc_std", "bwt_mean", "bwt_std", "held_out_auc_mean",
-        "held_out_auc_std", "bytes_kept", "train_seconds",
+        "held_out_auc_std", "bytes_kept", "train_seconds", "kb_seconds",
     ]  # fmt: skip
     return (
         summary.with_columns(

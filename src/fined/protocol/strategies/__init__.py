@@ -95,6 +95,7 @@ class Strategy:
     kind: ClassVar[str] = ""
     spec_class: ClassVar[type[StrategySpec]] = StrategySpec
     uses_kb: ClassVar[bool] = False
+    rebuilds_kb: ClassVar[bool] = False  # builds a KB of the periods before each t
     warm_by_default: ClassVar[bool] = True
 
     def __init__(self, spec: StrategySpec, context: StrategyContext) -> None:

@@ -163,6 +163,8 @@ class FinedRebuild(Fined):
     """As ``fined``, the KB rebuilt from all the raw past periods each period (the reference
     for streaming: it keeps every past row)."""
 
+    rebuilds_kb = True
+
     def kb(self, t: int) -> KnowledgeBase:
         return self.context.knowledge_base(t - 1)
 
