@@ -156,8 +156,8 @@ def inspect(
     console.print(table)
 
     truth_path = Path(data) / "ground_truth.json"
-    if truth_path.is_file():
-        planted = _planted_fields(truth_path)
+    planted = _planted_fields(truth_path) if truth_path.is_file() else None
+    if planted is not None:
         rec = Table(title="planted patterns (synthetic ground truth)")
         for col in ("planted fields", "best slot", "Jaccard"):
             rec.add_column(col)
@@ -170,7 +170,12 @@ def inspect(
     if plot is not None:
         from fined.report.plots import gate_heatmap
 
-        gate_heatmap(ins, plot)
+        names = ", ".join(meta["period_names"])
+        seed = meta.get("metrics", {}).get("seed")
+        title = f"KB {kb_dir.name}: periods {names}" + (
+            f", seed {seed}" if seed is not None else ""
+        )
+        gate_heatmap(ins, plot, title, planted)
         console.print(f"wrote {plot}")
 
 

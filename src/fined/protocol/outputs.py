@@ -27,8 +27,14 @@ def _csv(frame: pl.DataFrame, path: Path) -> None:
 
 
 def write_outputs(
-    root: Path, config: RunConfig, run: dict[str, Any], periods: list[str], s: int
+    root: Path,
+    config: RunConfig,
+    run: dict[str, Any],
+    periods: list[str],
+    s: int,
+    off: set[str] | None = None,
 ) -> pl.DataFrame:
+    """``off``: periods where the data says part of the past is switched off (shaded)."""
     order = [spec.label for spec in config.strategies]
     results = results_table(run["records"], order)
     forgetting = forgetting_table(run["records"], run["warmups"])
@@ -38,7 +44,7 @@ def write_outputs(
     _csv(summary, root / "summary.csv")
     figures = root / "figures"
     figures.mkdir(exist_ok=True)
-    _figures(results, forgetting, order, periods, figures)
+    _figures(results, forgetting, config, periods, figures, off or set())
     frontier = frontier_table(summary, {spec.label: spec.family for spec in config.strategies})
     swept = frontier.group_by("model", "family").agg(pl.col("bytes_kept").n_unique().alias("n"))
     if (swept["n"] > 1).any():  # a storage budget swept: AUC and BWT against the bytes kept
@@ -57,9 +63,13 @@ def write_outputs(
     return summary
 
 
-def _figures(results, forgetting, order, periods, figures: Path) -> None:
+def _figures(
+    results, forgetting, config: RunConfig, periods: list[str], figures: Path, off: set[str]
+) -> None:
     from fined.report.plots import forgetting_heatmaps, test_auc_lines
 
+    order = [spec.label for spec in config.strategies]
+    knowledge = {spec.label for spec in config.strategies if spec.uses_kb}
     rank = {name: i for i, name in enumerate(order)}
     per_period = (
         results.group_by("strategy", "model", "t", "test_period")
@@ -67,7 +77,7 @@ def _figures(results, forgetting, order, periods, figures: Path) -> None:
         .with_columns(pl.col("strategy").replace_strict(rank).alias("_o"))
         .sort("model", "_o", "t")
     )
-    test_auc_lines(per_period, figures / "test_auc.png")
+    test_auc_lines(per_period, figures / "test_auc.png", knowledge, off)
     mean = forgetting.group_by("strategy", "model", "after", "period").agg(pl.col("auc").mean())
     last = int(mean["period"].max())
     for model in mean["model"].unique(maintain_order=True).sort().to_list():
@@ -81,4 +91,17 @@ def _figures(results, forgetting, order, periods, figures: Path) -> None:
             matrices[strategy] = [
                 [cells.get((a, i), math.nan) for i in range(last + 1)] for a in after
             ]
-        forgetting_heatmaps(matrices, periods[: last + 1], figures / f"forgetting_{model}.png")
+        labels = periods[: last + 1]
+        forgetting_heatmaps(matrices, labels, figures / f"forgetting_{model}.png")
+        base = matrices.get(config.baseline)
+        if base is not None and len(matrices) > 1:  # each strategy's gain over the baseline
+            gains = {
+                f"{name} − {config.baseline}": [
+                    [v - b for v, b in zip(row, brow, strict=True)]
+                    for row, brow in zip(grid, base, strict=True)
+                ]
+                for name, grid in matrices.items()
+                if name != config.baseline
+            }
+            path = figures / f"forgetting_{model}_vs_{config.baseline}.png"
+            forgetting_heatmaps(gains, labels, path, "AUC difference", centered=True)

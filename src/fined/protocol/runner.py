@@ -28,6 +28,7 @@ from typing import Any
 from fined.artifacts.kb_store import FORMAT, kb_bytes
 from fined.data.loader import PeriodStore
 from fined.errors import FinedError
+from fined.io import read_json
 from fined.knowledge.knowledge_base import KnowledgeBase
 from fined.models.ctr_model import CTRModel, build_model
 from fined.models.trainable import Trainable
@@ -271,9 +272,17 @@ class Runner:
         spec = next((x for x in self.config.strategies if x.uses_kb), None)
         if spec is None:
             return False
-        kb = self.kbs.get(self.config.kb_config(spec), self.config.seeds[0], label=spec.label)
+        seed = self.config.seeds[0]
+        kb = self.kbs.get(self.config.kb_config(spec), seed, label=spec.label)
         past = list(range(self.s))
-        gate_heatmap(inspect_kb(kb, self.data.holdout(past, self.s - 1)), path)
+        names = self.data.feature_map.periods
+        title = (
+            f"KB of {spec.label}, seed {seed}: periods {names[0].name}..{names[self.s - 1].name}"
+        )
+        truth = _ground_truth(self.store.directory)
+        planted = [p["fields"] for p in truth["patterns"]] if truth else None
+        ins = inspect_kb(kb, self.data.holdout(past, self.s - 1))
+        gate_heatmap(ins, path, title, planted)
         return True
 
     # -- everything -------------------------------------------------------------------------
@@ -292,7 +301,8 @@ class Runner:
             result = self._cells()
             result["seconds"] = time.perf_counter() - started
             periods = [p.name for p in self.data.feature_map.periods]
-            summary = write_outputs(self.root, self.config, result, periods, self.s)
+            off = _switched_off(self.store.directory, periods)
+            summary = write_outputs(self.root, self.config, result, periods, self.s, off)
             self.kb_figure(self.root / "figures" / "kb_patterns.png")
         return summary
 
@@ -327,3 +337,22 @@ def _worker(config: RunConfig, root: Path, seed: int, model: str, progress: Prog
     runner = Runner(config, root, progress)
     runner.open()
     runner.chains_of(model, seed)
+
+
+def _ground_truth(directory: Path) -> dict[str, Any] | None:
+    """The synthetic data's ground truth (None for other data)."""
+    path = directory / "ground_truth.json"
+    if not path.is_file():
+        return None
+    truth = read_json(path, "synthetic ground truth")
+    return truth if isinstance(truth, dict) and "patterns" in truth else None
+
+
+def _switched_off(directory: Path, periods: list[str]) -> set[str]:
+    """Periods whose regime switches some planted pattern off (synthetic data only)."""
+    truth = _ground_truth(directory)
+    if truth is None or "regimes" not in truth:
+        return set()
+    every = set(range(len(truth["patterns"])))
+    return {periods[i] for i, active in enumerate(truth["regimes"])
+            if i < len(periods) and set(active) != every}  # fmt: skip

@@ -21,51 +21,107 @@ def _save(fig, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def gate_heatmap(ins: Inspection, path: str | Path) -> None:
-    """Slots x fields: the share of instances whose gate is open."""
+def gate_heatmap(
+    ins: Inspection, path: str | Path, title: str = "", planted: list[list[str]] | None = None
+) -> None:
+    """Slots x fields: the share of instances whose gate is open; ``planted`` (known ground
+    truth): each planted field set outlined on the slot that recovers it best."""
     grid = [s.field_share for s in ins.slots]
-    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(ins.fields) + 2), 0.45 * len(grid) + 1.5))
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(ins.fields) + 2), 0.45 * len(grid) + 1.8))
     im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(ins.fields)), ins.fields, rotation=60, ha="right")
     ax.set_yticks(range(len(grid)), [f"slot {s.slot}" for s in ins.slots])
-    ax.set_title("knowledge patterns: share of instances with the field's gate open")
+    heading = "knowledge patterns: share of instances with the field's gate open"
+    ax.set_title(f"{title}\n{heading}" if title else heading, fontsize=9)
+    if planted:
+        from matplotlib.patches import Rectangle
+
+        from fined.knowledge.inspection import recovery
+
+        for k, (fields, slot, _) in enumerate(recovery(ins, planted)):
+            for name in fields:
+                if name in ins.fields:
+                    x = ins.fields.index(name)
+                    ax.add_patch(Rectangle((x - 0.5, slot - 0.5), 1, 1, fill=False,
+                                           edgecolor=f"C{k + 1}", linewidth=2))  # fmt: skip
+        ax.set_xlabel("outlined: the planted field sets (ground truth), on their best slot")
     fig.colorbar(im, ax=ax, fraction=0.03)
     _save(fig, path)
 
 
-def test_auc_lines(frame, path: str | Path) -> None:
+def _style(strategy: str, knowledge: set[str]) -> dict:
+    """FINED variants stand apart: solid and thick; baselines dashed and thin."""
+    if strategy in knowledge:
+        return {"linewidth": 2.4, "linestyle": "-", "marker": "o"}
+    return {"linewidth": 1.2, "linestyle": "--", "marker": ".", "alpha": 0.85}
+
+
+def test_auc_lines(
+    frame, path: str | Path, knowledge: set[str] | None = None, off: set[str] | None = None
+) -> None:
     """One panel per model: mean test AUC (over seeds) per test period, a line per strategy.
-    ``frame``: polars rows of (strategy, model, test_period, auc), strategies in order."""
+    ``frame``: polars rows of (strategy, model, test_period, auc), strategies in order.
+    ``knowledge``: the strategies that use a KB; ``off``: test periods where the data itself
+    says part of the past is absent (the synthetic regimes), shaded."""
+    knowledge, off = knowledge or set(), off or set()
     models = list(dict.fromkeys(frame["model"].to_list()))
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models) + 2.2, 4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         part = frame.filter(frame["model"] == model)
+        periods = list(dict.fromkeys(part["test_period"].to_list()))
+        for i, name in enumerate(periods):
+            if name in off:
+                ax.axvspan(i - 0.5, i + 0.5, color="grey", alpha=0.15, linewidth=0)
         for strategy in dict.fromkeys(part["strategy"].to_list()):
             rows = part.filter(part["strategy"] == strategy)
-            ax.plot(
-                rows["test_period"].to_list(), rows["auc"].to_list(), marker="o", label=strategy
-            )
+            x = [periods.index(p) for p in rows["test_period"].to_list()]
+            ax.plot(x, rows["auc"].to_list(), label=strategy, **_style(strategy, knowledge))
+        ax.set_xticks(range(len(periods)), periods, rotation=45, ha="right")
         ax.set_title(f"{model}: test AUC on the next period")
-        ax.set_xlabel("test period")
+        ax.set_xlabel("test period" + ("  (shaded: planted patterns switched off)" if off else ""))
         ax.set_ylabel("AUC (mean over seeds)")
-        ax.tick_params(axis="x", rotation=45)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="best")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     _save(fig, path)
 
 
-def forgetting_heatmaps(matrices: dict[str, list[list[float]]], labels: list[str], path) -> None:
-    """One panel per strategy: R[t][i] (rows: after period t; columns: held-out slice of P_i)."""
+def forgetting_heatmaps(
+    matrices: dict[str, list[list[float]]],
+    labels: list[str],
+    path,
+    title: str = "AUC",
+    centered: bool = False,
+) -> None:
+    """One panel per strategy: R[t][i] (rows: after period t; columns: held-out slice of
+    P_i), each cell's value written in it. ``centered``: differences (a diverging scale
+    around 0, e.g. each strategy minus incremental)."""
     n = len(matrices)
     cols = min(n, 4)
     rows = -(-n // cols)
     fig, axes = plt.subplots(
-        rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False, constrained_layout=True
+        rows, cols, figsize=(3.9 * cols, 3.6 * rows), squeeze=False, constrained_layout=True
     )
     values = [v for m in matrices.values() for row in m for v in row if v == v]
-    lo, hi = (min(values), max(values)) if values else (0.5, 1.0)
+    if centered:
+        reach = max((abs(v) for v in values), default=0.01) or 0.01
+        lo, hi, cmap = -reach, reach, "RdBu"
+    else:
+        lo, hi = (min(values), max(values)) if values else (0.5, 1.0)
+        cmap = "magma"
+    im = None
     for ax, (name, grid) in zip(axes.flat, matrices.items(), strict=False):
-        im = ax.imshow(grid, cmap="magma", vmin=lo, vmax=hi, aspect="auto")
+        im = ax.imshow(grid, cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+        for r, row in enumerate(grid):
+            for c, v in enumerate(row):
+                if v == v:
+                    shade = (v - lo) / (hi - lo) if hi > lo else 0.5
+                    color = (
+                        "white"
+                        if (shade < 0.45 if not centered else abs(shade - 0.5) > 0.3)
+                        else "black"
+                    )
+                    ax.text(c, r, f"{v:+.3f}" if centered else f"{v:.3f}", ha="center",
+                            va="center", fontsize=5.5, color=color)  # fmt: skip
         ax.set_title(name, fontsize=9)
         ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
         ax.set_yticks(range(len(grid)), labels[len(labels) - len(grid) :], fontsize=7)
@@ -73,7 +129,8 @@ def forgetting_heatmaps(matrices: dict[str, list[list[float]]], labels: list[str
         ax.set_ylabel("after training on", fontsize=8)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.colorbar(im, ax=axes, fraction=0.02, label="AUC")
+    if im is not None:
+        fig.colorbar(im, ax=axes, fraction=0.02, label=title)
     _save(fig, path)
 
 

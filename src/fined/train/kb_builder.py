@@ -74,6 +74,7 @@ def build_knowledge_base(
     round_through_storage(kb)  # the KB as it will be stored (and loaded) from now on
     if out is not None and distributed.context().main:  # with several ranks, rank 0 writes
         metrics: dict[str, Any] = {
+            "seed": train.seed,
             "best_epoch": fit.best_epoch,
             "valid": fit.best,
             "history": fit.history,
