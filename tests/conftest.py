@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
+from fined.data.feature_map import FeatureMap
+from fined.data.loader import footer_digest
 from fined.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,3 +72,32 @@ def killed_in_epoch(n: int, raises: bool = True) -> Iterator[None]:
             yield
     finally:
         Trainer._train_epoch = original
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """``@pytest.mark.cuda`` tests run only where PyTorch sees a GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def flip_labels(src: Path, dst: Path, period: int) -> Path:
+    """A copy of the prepared dataset ``src`` at ``dst`` with every label of ``period``
+    flipped: what a test period that drives no choice must not change."""
+    shutil.copytree(src, dst)
+    fmap = FeatureMap.load(dst)
+    path = dst / fmap.periods[period].file
+    table = pq.read_table(path)
+    label = table.column("label")
+    flipped = pc.subtract(pa.scalar(1, label.type), label)
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", flipped), path)
+    # The loader refuses period files that differ from what feature_map.json vouches for:
+    # vouch for the edited one (as a prepare of these rows would).
+    with open(path, "rb") as fh:
+        fmap.periods[period].footer_sha256 = footer_digest(fh)
+    fmap.data_fingerprint = fmap.compute_data_fingerprint()
+    fmap.save(dst)
+    return dst

@@ -16,6 +16,20 @@ RUNS = {
     "throughput": (["--rows", "20000", "--models", "deepfm", "--max-steps", "2"], "deepfm"),
     "movielens_accuracy": (["--seeds", "1", "--models", "deepfm", "--sets", "reduced"], "deepfm"),
     "knowledge": (["--rows", "30000", "--models", "deepfm"], "| deepfm |"),
+    "gpu": (
+        [
+            "--device",
+            "cpu",
+            "--rows",
+            "20000",
+            "--batches",
+            "4096",
+            "--models",
+            "deepfm,fined,din",
+            "--no-peer",
+        ],
+        "a FINED-DeepFM step costs",
+    ),
     "scaling": (
         ["--rows", "20000", "--big", "20000,10000", "--epochs", "1", "--cap", "5000"],
         "2 processes (DDP), sparse",

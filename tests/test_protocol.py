@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,19 +13,16 @@ import time
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
 
-from conftest import write_run_config
+from conftest import flip_labels, write_run_config
 from fined.cli import main
-from fined.data.loader import PeriodStore, footer_digest
+from fined.data.loader import PeriodStore
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
-from fined.protocol.data import ProtocolData, batch_bytes
+from fined.protocol.data import ProtocolData
 from fined.report.tables import backward_transfer
 from fined.train.metrics import rela_impr
 
@@ -83,27 +79,11 @@ def test_every_output_is_written_and_consistent(finished, data_dir) -> None:
     assert "| deepfm | fined |" in report and "figures/forgetting_deepfm.png" in report
 
 
-def _flip_labels(src: Path, dst: Path, period: int) -> None:
-    shutil.copytree(src, dst)
-    fmap = PeriodStore(dst).feature_map
-    path = dst / fmap.periods[period].file
-    table = pq.read_table(path)
-    label = table.column("label")
-    flipped = pc.subtract(pa.scalar(1, label.type), label)
-    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", flipped), path)
-    # The loader refuses period files that differ from what feature_map.json vouches for:
-    # vouch for the edited one (as a prepare of these rows would).
-    with open(path, "rb") as fh:
-        fmap.periods[period].footer_sha256 = footer_digest(fh)
-    fmap.data_fingerprint = fmap.compute_data_fingerprint()
-    fmap.save(dst)
-
-
 def test_test_period_never_drives_a_choice(data_dir, tmp_path) -> None:
     """Flip every label of P3: the cells trained before it (t = 1, 2) choose the same epochs
     and end with byte-identical weights; only the score on P3 changes (to exactly 1 - AUC)."""
     flipped = tmp_path / "flipped-data"
-    _flip_labels(data_dir, flipped, period=3)
+    flip_labels(data_dir, flipped, period=3)
     runs = {}
     for name, data in (("plain", data_dir), ("flipped", flipped)):
         config = write_run_config(tmp_path / f"{name}.yaml", data, ["incremental", "kd"])
@@ -178,7 +158,7 @@ def test_reservoir_is_a_stream_sample_within_its_budget(data_dir) -> None:
     one = data.reservoir([0], 2, rows=500, seed=1)
     two = data.reservoir([0, 1], 2, rows=500, seed=1)
     assert len(one) == len(two) == 500
-    assert batch_bytes(two) == 500 * batch_bytes(data.train([0], 2)) // len(data.train([0], 2))
+    assert two.nbytes == 500 * data.train([0], 2).nbytes // len(data.train([0], 2))
 
     def keys(b):
         return {tuple(r) for r in torch.cat([b.ids.long(), b.time[:, None]], 1).tolist()}

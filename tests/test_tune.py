@@ -4,20 +4,14 @@ of the protocol."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import killed_in_epoch, write_run_config
+from conftest import flip_labels, killed_in_epoch, write_run_config
 from fined.cli import main
-from fined.data.feature_map import FeatureMap
-from fined.data.loader import footer_digest
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
 
@@ -30,21 +24,6 @@ def data(tmp_path_factory) -> Path:
     options = {"n_rows": 6000, "n_periods": 4, "n_fields": 4, "cardinality": 30, "seed": 4}
     prepare(PrepareConfig(dataset="synthetic", options=options), out)
     return out
-
-
-def _flipped(data: Path, dst: Path, period: int) -> Path:
-    shutil.copytree(data, dst)
-    fmap = FeatureMap.load(dst)
-    path = dst / fmap.periods[period].file
-    table = pq.read_table(path)
-    label = table.column("label")
-    flipped = pc.subtract(pa.scalar(1, label.type), label)
-    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", flipped), path)
-    with open(path, "rb") as fh:
-        fmap.periods[period].footer_sha256 = footer_digest(fh)
-    fmap.data_fingerprint = fmap.compute_data_fingerprint()
-    fmap.save(dst)
-    return dst
 
 
 def _tune(data: Path, out: Path, space: Path, *extra: str) -> int:
@@ -62,7 +41,7 @@ def _table(out: Path) -> pl.DataFrame:
 def test_the_test_period_drives_no_choice(data, tmp_path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
-    flipped = _flipped(data, tmp_path / "flipped-data", period=3)
+    flipped = flip_labels(data, tmp_path / "flipped-data", period=3)
     assert _tune(data, tmp_path / "plain", space) == 0
     assert _tune(flipped, tmp_path / "flipped", space) == 0
     assert _table(tmp_path / "plain").equals(

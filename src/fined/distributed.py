@@ -1,11 +1,12 @@
 """Several processes, one model: PyTorch's own distributed engine, nothing home-made.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) ``setup()`` joins the process group
-(``nccl`` where CUDA is present, ``gloo`` on CPU). Each rank then reads its own disjoint share
-of every period (``PeriodStore(shard=...)``), trains a ``DistributedDataParallel`` copy of the
-model on it with the same per-epoch shuffle seed, and scores validation rows on its share;
-predictions are gathered so that every rank computes the same metrics, the early-stopping
-decision is taken on rank 0 and broadcast, and only rank 0 writes files.
+(``nccl`` when the command trains on GPUs, one per rank; ``gloo`` on CPU). Each rank then
+reads its own disjoint share of every period (``PeriodStore(shard=...)``), trains a
+``DistributedDataParallel`` copy of the model on it with the same per-epoch shuffle seed,
+and scores validation rows on its share; predictions are gathered so that every rank
+computes the same metrics, the early-stopping decision is taken on rank 0 and broadcast, and
+only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -43,12 +44,36 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(timeout_s: float = 600.0) -> Context:
-    """Join the process group if torchrun started us (idempotent); else a 1-process context."""
+_COLLECTIVES = torch.device("cpu")  # where the ranks' collective tensors live (nccl: the GPU)
+
+
+def setup(device: torch.device | None = None, timeout_s: float = 600.0) -> Context:
+    """Join the process group if torchrun started us (idempotent); else a 1-process context.
+    The backend follows the device the command trains on: ``nccl`` for a GPU (each rank its
+    own, ``LOCAL_RANK``), ``gloo`` for the CPU."""
+    global _COLLECTIVES
     if launched() and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        on_gpu = device is not None and device.type == "cuda"
+        if device is not None and on_gpu:
+            torch.cuda.set_device(device)
+            _COLLECTIVES = device
+        dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timedelta(seconds=timeout_s))
     return context()
+
+
+_SPARSE_GROUP: Any = None
+
+
+def sparse_group() -> Any:
+    """The process group for a model with sparse gradients: NCCL has no sparse all-reduce
+    (pytorch/pytorch#22400), gloo has one for CUDA tensors too, so under ``nccl`` such a
+    model's DDP talks through a gloo group of the same ranks (made once); else the default."""
+    global _SPARSE_GROUP
+    if dist.get_backend() != "nccl":
+        return None
+    if _SPARSE_GROUP is None:
+        _SPARSE_GROUP = dist.new_group(backend="gloo")
+    return _SPARSE_GROUP
 
 
 def context() -> Context:
@@ -59,9 +84,11 @@ def context() -> Context:
 
 def teardown() -> None:
     """Leave the group together: a rank that tears down while another still talks aborts."""
+    global _SPARSE_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        _SPARSE_GROUP = None
 
 
 def barrier() -> None:
@@ -73,7 +100,7 @@ def min_int(value: int) -> int:
     """The smallest ``value`` over all ranks (e.g. steps per epoch: every rank takes as many)."""
     if not context().active:
         return value
-    t = torch.tensor([value], dtype=torch.long)
+    t = torch.tensor([value], dtype=torch.long, device=_COLLECTIVES)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t.item())
 
@@ -83,15 +110,16 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
     if not context().active:
         return tensor
     world = dist.get_world_size()
-    size = torch.tensor([tensor.numel()], dtype=torch.long)
+    size = torch.tensor([tensor.numel()], dtype=torch.long, device=_COLLECTIVES)
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
     longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros(longest, dtype=tensor.dtype)
+    padded = torch.zeros(longest, dtype=tensor.dtype, device=_COLLECTIVES)
     padded[: tensor.numel()] = tensor
     parts = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
+    whole = torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
+    return whole.to(tensor.device)
 
 
 def broadcast_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -100,7 +128,7 @@ def broadcast_metrics(metrics: dict[str, float]) -> dict[str, float]:
     if not context().active:
         return metrics
     keys = sorted(metrics)
-    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=_COLLECTIVES)
     dist.broadcast(values, src=0)
     return dict(zip(keys, values.tolist(), strict=True))
 

@@ -48,6 +48,10 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
+DEVICE_HELP = "Where to compute: auto (a GPU if there is one), cpu, cuda or cuda:N."
+RUN_DEVICE_HELP = "auto, cpu, cuda or cuda:N (default: the config's device:)."
+
+
 def parse_pairs(pairs: list[str], flag: str) -> dict:
     """``key=value`` pairs; values parsed as YAML scalars (numbers, booleans, lists)."""
     out = {}

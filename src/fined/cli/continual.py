@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fined.cli.app import app, console, parse_pairs
+from fined.cli.app import RUN_DEVICE_HELP, app, console, parse_pairs
 from fined.errors import FinedError
 
 
@@ -82,6 +82,7 @@ def run(
         bool,
         typer.Option("--restart", help="Discard an earlier run in OUT first (only what it wrote)."),
     ] = False,
+    device: Annotated[str | None, typer.Option(help=RUN_DEVICE_HELP)] = None,
     jobs: Annotated[
         int,
         typer.Option("--jobs", help="Run the (seed, model) chains in N processes (threads split)."),
@@ -96,6 +97,8 @@ def run(
     if jobs < 1:
         raise FinedError(f"--jobs {jobs}: expected at least 1")
     cfg = load_run_config(config, quick=quick, sets=parse_pairs(set_, "--set"))
+    if device is not None:
+        cfg = cfg.model_copy(update={"device": device})
     root = out or Path("runs") / (cfg.name + ("-quick" if quick else ""))
     reporter = _Reporter()
     try:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fined.cli.app import app, console, launch_workers, load_settings
+from fined.cli.app import DEVICE_HELP, app, console, launch_workers, load_settings
 from fined.errors import FinedError
 
 COMMAND = "kb build"  # the owner named in a knowledge-base directory's marker
@@ -43,6 +43,7 @@ def build(
     nproc: Annotated[
         int, typer.Option(help="Train in N processes (DDP, launched with torchrun).")
     ] = 1,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Stage 1: memorize past periods into a frozen parametric knowledge base."""
     from fined import distributed
@@ -58,7 +59,8 @@ def build(
             launch_workers(nproc, out)
             console.print(f"{nproc} workers done: {out}")
             return
-        _build(data, periods, out, config, set_, no_essential, no_disentangled, no_l0, dense_gates)
+        _build(data, periods, out, config, set_, no_essential, no_disentangled, no_l0, dense_gates,
+               device)  # fmt: skip
 
 
 def _build(
@@ -71,17 +73,20 @@ def _build(
     no_disentangled: bool,
     no_l0: bool,
     dense_gates: bool,
+    device: str,
 ) -> None:
     from fined import distributed
     from fined.artifacts.kb_store import kb_info
     from fined.config import resolve
     from fined.data.loader import PeriodStore
+    from fined.devices import resolve_device
     from fined.knowledge.knowledge_base import KBConfig
     from fined.train.config import KBTrainConfig
     from fined.train.kb_builder import build_knowledge_base
     from fined.train.selection import parse_periods
 
-    ctx = distributed.setup()
+    target = resolve_device(device)
+    ctx = distributed.setup(target)
     kb_over, train_over = load_settings(config, sets)
     for flag, key, value in (
         (no_essential, "essential", False),
@@ -95,7 +100,7 @@ def _build(
     train_cfg = resolve(KBTrainConfig, train_over, where="train")
     store = PeriodStore(data, shard=ctx.shard)  # with several ranks, each reads its share
     chosen = parse_periods(periods, store.feature_map)
-    built = build_knowledge_base(store, chosen, kb_cfg, train_cfg, out)
+    built = build_knowledge_base(store, chosen, kb_cfg, train_cfg, out, device=target)
     distributed.record_rank(out, store.reads)
     distributed.teardown()
     if not ctx.main:
@@ -120,6 +125,7 @@ def inspect(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the --plot file if it exists.")
     ] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """The field patterns each slot picks, their order, the L0, the MI between slots."""
     from fined.data.loader import PeriodStore
@@ -128,6 +134,7 @@ def inspect(
     if plot is not None:
         check_output_file(plot, overwrite, "--plot")
     from fined.artifacts.kb_store import load_kb
+    from fined.devices import resolve_device
     from fined.knowledge.inspection import inspect_kb, recovery
     from fined.train.selection import parse_periods
 
@@ -140,7 +147,8 @@ def inspect(
             parse_periods(periods, store.feature_map), known_through=kb.known_through
         )
     sample = sample.slice(0, min(rows, len(sample)))
-    ins = inspect_kb(kb, sample)
+    target = resolve_device(device)
+    ins = inspect_kb(kb.to(target), sample.to(target))
 
     table = Table(title=f"knowledge base {kb_dir} ({len(sample):,} rows)")
     for col in ("slot", "mean order", "top field combinations (share of instances)", "max MI"):

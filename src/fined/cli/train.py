@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fined.cli.app import app, console, err_console, launch_workers, load_settings
+from fined.cli.app import DEVICE_HELP, app, console, err_console, launch_workers, load_settings
 from fined.errors import FinedError
 
 
@@ -63,6 +63,7 @@ def train(
     nproc: Annotated[
         int, typer.Option(help="Train in N processes (DDP, launched with torchrun).")
     ] = 1,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Train one model; the epoch is selected on the validation set, never on the test set.
 
@@ -93,6 +94,7 @@ def train(
     job = train_model(
         data, model, train_periods, out, valid=valid, test=test, settings=model_over,
         train=train_over, kb=kb, adaptor=adaptor or None, resume=resume, log=console.print,
+        device=device,
     )  # fmt: skip
     if distributed.context().main:
         title = f"{job.model.model_name}: best epoch {job.fit.best_epoch}"
@@ -136,8 +138,10 @@ def evaluate(
     data: Annotated[Path, typer.Option(help="The prepared dataset it was trained on.")],
     periods: Annotated[str, typer.Option(help="Periods to evaluate, e.g. 6:7.")],
     part: Annotated[str, typer.Option(help="all | train | holdout rows of each period.")] = "all",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """AUC, gAUC and LogLoss of a trained model on some periods."""
+    from fined.devices import resolve_device
     from fined.train.selection import parse_periods
     from fined.train.trainer import Trainer
 
@@ -153,7 +157,8 @@ def evaluate(
             Text.assemble(("warning:", "bold yellow"), f" the model was trained on {names}: "
                           "scores there are not a test of it"), soft_wrap=True,
         )  # fmt: skip
-    metrics = Trainer(net).evaluate(store.load(chosen, part, known_through=known))
+    trainer = Trainer(net, device=resolve_device(device))
+    metrics = trainer.evaluate(store.load(chosen, part, known_through=known))
     console.print(_metrics_table(f"{meta['model']} on periods {periods}", {part: metrics}))
     console.print(json.dumps({k: v for k, v in metrics.items()}))
 
@@ -173,6 +178,7 @@ def predict(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUT if it exists.")
     ] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Click probabilities for every row of some periods, to CSV or Parquet; ``--columns``
     passes raw ids (and ``row``, the row's place in its period) through, to join back."""
@@ -182,6 +188,7 @@ def predict(
     import torch
 
     from fined.data.raw_rows import RawRowEncoder
+    from fined.devices import resolve_device
     from fined.io import atomic_write_bytes
     from fined.outputs import check_output_file
     from fined.train.selection import parse_periods
@@ -200,7 +207,7 @@ def predict(
     for name in passed:
         if name != "row" and (name not in ids or fmap.feature(name).kind != "categorical"):
             raise FinedError(f"--columns {name!r}: not a categorical feature (nor `row`)")
-    trainer = Trainer(net)
+    trainer = Trainer(net, device=resolve_device(device))
     limits, seq_limits = fmap.known_limits(known)
     parts = []
     for p in chosen:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fined.cli.app import app, console, load_settings, parse_pairs
+from fined.cli.app import DEVICE_HELP, RUN_DEVICE_HELP, app, console, load_settings, parse_pairs
 from fined.errors import FinedError
 
 tune_app = typer.Typer(no_args_is_help=True, help="Search settings, choosing on validation only.")
@@ -59,6 +59,7 @@ def tune_train(
     sampler: SAMPLER = "tpe",
     seed: Annotated[int, typer.Option(help="The sampler's seed.")] = 1,
     jobs: JOBS = 1,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Search a training job's settings: each trial trains on the training periods and is
     judged by its best epoch's validation AUC; the test periods, if given, are scored once,
@@ -67,6 +68,7 @@ def tune_train(
 
     from fined.artifacts.model_store import load_model
     from fined.data.loader import PeriodStore
+    from fined.devices import resolve_device
     from fined.io import atomic_write_json, atomic_write_text
     from fined.train.selection import parse_periods
     from fined.train.trainer import Trainer
@@ -77,7 +79,7 @@ def tune_train(
     dims = load_space(space)
     settings, trainer = load_settings(config, set_)
     objective = TrainObjective(str(data), model, train_periods, valid, settings, trainer,
-                               str(kb) if kb else None)  # fmt: skip
+                               str(kb) if kb else None, device=device)  # fmt: skip
     describe = {"data": str(data), "model": model, "train_periods": train_periods,
                 "valid": valid, "settings": settings, "train": trainer,
                 "kb": str(kb) if kb else None}  # fmt: skip
@@ -102,7 +104,8 @@ def tune_train(
         known = max(meta["train_periods"])
         if min(periods) <= known:
             raise FinedError("--test periods must come after the training periods")
-        result["test"] = Trainer(net).evaluate(store.load(periods, known_through=known))
+        trainer_ = Trainer(net, device=resolve_device(device))
+        result["test"] = trainer_.evaluate(store.load(periods, known_through=known))
         console.print(f"chosen trial {best.number} ({format_settings(best.settings)}): "
                       f"test AUC {result['test']['auc']:.4f} (scored once)")  # fmt: skip
     atomic_write_json(out / "best.json", result)
@@ -121,6 +124,7 @@ def tune_run(
     sampler: SAMPLER = "tpe",
     seed: Annotated[int, typer.Option(help="The sampler's seed.")] = 1,
     jobs: JOBS = 1,
+    device: Annotated[str | None, typer.Option(help=RUN_DEVICE_HELP)] = None,
 ) -> None:
     """Search a strategy's settings (``strategy.KEY`` keys) or the run's (``train.lr``, ...):
     each trial runs the protocol with that strategy alone, judged by its held-out AUC over
@@ -136,7 +140,7 @@ def tune_run(
 
     dims = load_space(space)
     sets = parse_pairs(set_, "--set")
-    objective = RunObjective(str(config), strategy, quick, sets)
+    objective = RunObjective(str(config), strategy, quick, sets, device)
     parse_model(RunConfig, objective.document({}), str(config))  # the base must validate now
     describe = {"config": str(config), "strategy": strategy, "quick": quick, "sets": sets}
     search = Search(out, objective, dims, _sampler(sampler), trials, seed, jobs, describe,  # type: ignore[arg-type]

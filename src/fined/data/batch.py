@@ -63,6 +63,23 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=True))
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.ids, self.floats, self.label, self.time, *self.sequences.values(),
+                *([self.group] if self.group is not None else [])]  # fmt: skip
+
+    def pin(self) -> Batch:
+        """In page-locked host memory (copies to a GPU can then overlap the work)."""
+        return self._map(lambda t: t.pin_memory())
+
+    @property
+    def device(self) -> torch.device:
+        return self.label.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the rows in memory (what keeping them costs)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
     @staticmethod
     def concat(parts: Sequence[Batch]) -> Batch:
         if len(parts) == 1:

@@ -196,9 +196,9 @@ class BatchLoader:
     def __iter__(self) -> Iterator[Batch]:
         n, bs = len(self.data), self.batch_size
         order = None
-        if self.shuffle:
+        if self.shuffle:  # drawn on the CPU (the same order everywhere), used where the rows are
             g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=g)
+            order = torch.randperm(n, generator=g).to(self.data.device)
         for i in range(len(self)):
             lo, hi = i * bs, min(n, (i + 1) * bs)
             yield self.data.slice(lo, hi) if order is None else self.data.take(order[lo:hi])

@@ -13,6 +13,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fined.models.layers import normalized_linear, short_softmax, short_softmax_
 
@@ -37,8 +38,11 @@ class FieldAttentionBlock(nn.Module):
         b, f, d = x.shape
         q, k, v = self.qkv(self.attention_norm(x)).view(b, f, 3, self.heads, -1).unbind(2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, h, F, d_h]
-        weights = short_softmax(q @ k.transpose(-1, -2) * (1.0 / math.sqrt(q.shape[-1])))
-        x = x + self.out((weights @ v).transpose(1, 2).reshape(b, f, d))
+        if x.is_cuda:  # PyTorch's fused attention kernel (the same function)
+            attended = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attended = short_softmax(q @ k.transpose(-1, -2) * (1.0 / math.sqrt(q.shape[-1]))) @ v
+        x = x + self.out(attended.transpose(1, 2).reshape(b, f, d))
         return x + self.ffn(self.ffn_norm(x))
 
     @torch.no_grad()

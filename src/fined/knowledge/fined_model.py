@@ -85,7 +85,7 @@ class FinedModel(Trainable):
             trust = kb_trust(self.adaptor_config.kb_trust, past, out.parts.get("teacher.prob"))
         per_row = F.binary_cross_entropy_with_logits(out.logits, past, reduction="none")
         term = per_row.mean() if trust is None else (trust * per_row).mean()
-        return OwnLoss(weight * term, {"kb_distill": float(term.detach())})
+        return OwnLoss(weight * term, {"kb_distill": term.detach()})
 
     def train(self, mode: bool = True) -> FinedModel:
         super().train(mode)

@@ -40,7 +40,7 @@ def field_names(kb: KnowledgeBase) -> list[str]:
 @torch.no_grad()
 def inspect_kb(kb: KnowledgeBase, data: Batch, top: int = 5) -> Inspection:
     kb.eval()
-    out = kb.encode(data)
+    out = {k: v.cpu() for k, v in kb.encode(data).items()}  # computed where the KB is
     z, names = out["z"], field_names(kb)
     open_ = z > 0.5  # [N, F, K]
     slots = []

@@ -128,7 +128,12 @@ class KnowledgeBase(Trainable):
     @torch.no_grad()
     def query(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen use: ``(V [B, K, d], gates [B, F, K])`` (deterministic: mu, eval gates),
-        the evaluation-mode function of ``encode`` computed by the modules' fast paths."""
+        the evaluation-mode function of ``encode`` computed by the modules' fast paths (CPU,
+        fp32: in place, short rows); on a GPU, or under autocast, the modules' own (fused)
+        kernels compute it."""
+        if batch.device.type != "cpu" or torch.is_autocast_enabled(batch.device.type):
+            out = self.encode(batch)  # the KB is in evaluation mode here: v = mu, fixed gates
+            return out["mu"], out["z"]
         fields = self.extractor.embedding(self._known(batch))
         z = self.extractor.frozen_gates(fields)
         return self.encoder.frozen_means(fields, z), z
@@ -156,22 +161,25 @@ class KnowledgeBase(Trainable):
         c, parts = self.config, out.parts
         total = out.logits.new_zeros(())
         bce = F.binary_cross_entropy_with_logits(out.logits.detach(), batch.label)
-        terms = {"bce": float(bce)}
+        terms = {"bce": bce}
         if c.essential and c.beta_ib > 0:
             kl = gaussian_kl(parts["mu"], parts["logvar"]).mean()
             total = total + c.beta_ib * kl
-            terms["kl"] = float(kl.detach())
+            terms["kl"] = kl.detach()
         if c.sparse and c.lambda_l0 > 0 and not c.dense_gates:
             l0 = self.extractor.gate.expected_l0(parts["log_alpha"]).mean()
             # Gates that close before the task has shaped the embeddings never reopen (a
             # closed gate gets no task gradient): the penalty ramps up instead.
-            ramp = min(1.0, float(self.steps) / c.l0_warmup_steps) if c.l0_warmup_steps else 1.0
-            total = total + c.lambda_l0 * ramp * l0
-            terms["l0"] = float(l0.detach())
+            # (in float64 on the device, as Python floats would be, without a sync)
+            ramp = (self.steps.double() / max(c.l0_warmup_steps, 1)).clamp(max=1.0)
+            if not c.l0_warmup_steps:
+                ramp = torch.ones_like(ramp)
+            total = total + (c.lambda_l0 * ramp).to(l0.dtype) * l0
+            terms["l0"] = l0.detach()
         if self.mi is not None and c.lambda_dis > 0:
             mi = self.mi(parts["v"])
             total = total + c.lambda_dis * mi
-            terms["mi"] = float(mi.detach())
+            terms["mi"] = mi.detach()
         return OwnLoss(total, terms)
 
     def parameter_groups(self) -> list[dict]:

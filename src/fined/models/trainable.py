@@ -42,7 +42,9 @@ class OwnLoss:
     """A model's own loss terms: their weighted sum, and each one by name for the log."""
 
     value: torch.Tensor  # [] added to the click BCE
-    terms: dict[str, float] = field(default_factory=dict)
+    # Detached [] tensors, summed where they are and read once an epoch: a float() here
+    # would make every step wait for the GPU.
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def no_loss(out: Forward) -> OwnLoss:

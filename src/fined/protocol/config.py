@@ -73,6 +73,9 @@ class RunConfig(StrictModel):
     kb_train: KBTrainConfig = Field(default_factory=KBTrainConfig)  # for KB builds
     adaptor: AdaptorConfig = Field(default_factory=AdaptorConfig)
     quick: dict[str, Any] = Field(default_factory=dict)  # overrides applied by --quick
+    # Where to compute (auto: a GPU if there is one); not part of the run's identity: a run
+    # may be resumed elsewhere (float sums differ by device, as by thread count)
+    device: str = "auto"
 
     @field_validator("models")
     @classmethod

@@ -14,14 +14,6 @@ from fined.data.batch import Batch
 from fined.data.loader import Part, PeriodStore
 
 
-def batch_bytes(batch: Batch) -> int:
-    """Bytes of the encoded rows in memory (what keeping them costs)."""
-    tensors = [batch.ids, batch.floats, batch.label, batch.time, *batch.sequences.values()]
-    if batch.group is not None:
-        tensors.append(batch.group)
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 class ProtocolData:
     def __init__(self, store: PeriodStore) -> None:
         self.store = store

@@ -53,11 +53,11 @@ class Distilled(Trainable):
         own = self.student.own_loss(batch, out)
         terms = dict(own.terms)
         soft = F.binary_cross_entropy_with_logits(out.logits, out.parts["teacher.prob"])
-        terms["distill"] = float(soft.detach())
+        terms["distill"] = soft.detach()
         total = own.value + self.weight * soft
         if "mu" in out.parts and "teacher.mu" in out.parts:
             drift = F.mse_loss(out.parts["mu"], out.parts["teacher.mu"])
-            terms["drift"] = float(drift.detach())
+            terms["drift"] = drift.detach()
             total = total + self.weight * drift
         return OwnLoss(total, terms)
 

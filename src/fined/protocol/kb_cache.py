@@ -10,6 +10,8 @@ import shutil
 import time
 from collections.abc import Callable
 
+import torch
+
 from fined.artifacts.kb_store import load_kb
 from fined.data.loader import PeriodStore
 from fined.io import exclusive
@@ -34,10 +36,12 @@ class KBCache:
         store: PeriodStore,
         train: KBTrainConfig,
         kb_periods: int,
+        device: torch.device,
         announce: Callable[[str], None],
         built: Callable[[str], None],
     ) -> None:
         self.directory, self.store, self.train, self.s = directory, store, train, kb_periods
+        self.device = device  # where builds train (the KBs come back loaded on the CPU)
         self.announce, self.built = announce, built  # progress: a build starts / has ended
         self.seconds = 0.0  # spent building, by this process (cells count their share)
 
@@ -59,7 +63,8 @@ class KBCache:
                 train = self.train.model_copy(update={"seed": seed, "progress": False})
                 periods = list(range(through + 1))
                 started = time.perf_counter()
-                build_knowledge_base(self.store, periods, config, train, directory, resume=True)
+                build_knowledge_base(self.store, periods, config, train, directory, resume=True,
+                                     device=self.device)  # fmt: skip
                 self.seconds += time.perf_counter() - started
                 shutil.rmtree(directory / "checkpoints", ignore_errors=True)
                 self.built(what)

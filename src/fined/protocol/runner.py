@@ -27,6 +27,7 @@ from typing import Any
 
 from fined.artifacts.kb_store import FORMAT, kb_bytes
 from fined.data.loader import PeriodStore
+from fined.devices import resolve_device
 from fined.errors import FinedError
 from fined.io import read_json
 from fined.knowledge.knowledge_base import KnowledgeBase
@@ -58,7 +59,8 @@ class Runner:
         with the directory claimed (``run``), or in a worker of a run that holds it."""
         c = self.config
         # The KB format too: cells and cached KBs of an older layout cannot be resumed.
-        resolved = c.model_dump(mode="json", exclude={"quick"}) | {"kb_format": FORMAT}
+        resolved = c.model_dump(mode="json", exclude={"quick", "device"}) | {"kb_format": FORMAT}
+        self.device = resolve_device(c.device)
         stored = self.directory.check_config(resolved)
         self.store = self._store()
         self.data = ProtocolData(self.store)
@@ -87,6 +89,7 @@ class Runner:
             self.store,
             c.kb_train,
             self.s,
+            self.device,
             announce=lambda what: self.progress(self.done, self.total, what, ""),
             built=lambda what: self._tick(what, "built"),
         )
@@ -162,11 +165,12 @@ class Runner:
             adaptor=c.adaptor_config(spec),
             kb_train=c.kb_train,
             default_kb_bytes=self.default_kb_bytes,
+            device=self.device,
         )
 
     def _evaluate(self, net: Trainable, t: int) -> tuple[dict[str, float], dict[str, float]]:
         """Test metrics on P_{t+1} and the AUC on the held-out slice of every P_i, i <= t."""
-        trainer = Trainer(net, self.config.train_config(progress=False))
+        trainer = Trainer(net, self.config.train_config(progress=False), device=self.device)
         test = trainer.evaluate(self.data.test(t + 1, t))
         forgetting = {
             str(i): trainer.evaluate(self.data.holdout([i], t))["auc"] for i in range(t + 1)
@@ -184,7 +188,8 @@ class Runner:
         past = list(range(self.s))
         seed_everything(step_seed(seed, t))
         net = self.base_model(model)
-        trainer = Trainer(net, self.config.train_config(seed=step_seed(seed, t), progress=False))
+        config = self.config.train_config(seed=step_seed(seed, t), progress=False)
+        trainer = Trainer(net, config, device=self.device)
         fit = trainer.fit(
             self.data.train(past, t), self.data.holdout(past, t), cell / "train", resume=True
         )
@@ -227,7 +232,7 @@ class Runner:
             net = strategy.build(t, previous, from_warmup)
             config = self.config.train_config(seed=step_seed(seed, t), progress=False)
             rows = strategy.rows(t)
-            fit = Trainer(strategy.trainable(net), config).fit(
+            fit = Trainer(strategy.trainable(net), config, device=self.device).fit(
                 rows, self.data.holdout([t], t), cell / "train", resume=True
             )
             net.eval()

@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fined import distributed
 from fined.artifacts.kb_store import load_kb
 from fined.artifacts.model_store import META, describe_model, save_model
 from fined.config import resolve
 from fined.data.loader import PeriodStore
+from fined.devices import resolve_device
 from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
 from fined.knowledge.adaptor import AdaptorConfig
@@ -86,6 +89,7 @@ def train_model(
     adaptor: dict[str, Any] | AdaptorConfig | None = None,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
+    device: str = "auto",
 ) -> TrainedModel:
     """Train ``model`` on ``train_periods`` of a prepared dataset (see the module's text).
     ``settings``: the model's (over its defaults); ``train``: the trainer's; ``adaptor``:
@@ -93,7 +97,7 @@ def train_model(
     every rank calls it with the same arguments: each trains on its share, rank 0 writes
     (the directory is held by the process that launched them)."""
     job = _Job(data, model, train_periods, out, valid, test, settings, train, kb, adaptor,
-               resume, log or (lambda line: None))  # fmt: skip
+               resume, log or (lambda line: None), resolve_device(device))  # fmt: skip
     if out is None or distributed.launched():
         return job.run()
     with owned_directory(out, COMMAND):
@@ -114,9 +118,10 @@ class _Job:
     adaptor: dict[str, Any] | AdaptorConfig | None
     resume: bool
     log: Callable[[str], None]
+    device: torch.device
 
     def run(self) -> TrainedModel:
-        ctx = distributed.setup()
+        ctx = distributed.setup(self.device)
         if ctx.active and self.valid.startswith("tail"):
             raise FinedError("--valid tail needs every row in one process; use holdout or periods")
         layer = self.train.model_dump() if isinstance(self.train, TrainConfig) else self.train
@@ -148,7 +153,7 @@ class _Job:
                 f"training {net.model_name} on {len(split.train):,} rows, validating on "
                 f"{len(split.valid):,}{share}"
             )
-        trainer = Trainer(net, train_config, log=self.log)
+        trainer = Trainer(net, train_config, log=self.log, device=self.device)
         fit = trainer.fit(split.train, split.valid, run_dir=run_dir, resume=self.resume)
         metrics: dict[str, dict[str, float]] = {"valid": fit.best}
         if split.test is not None:

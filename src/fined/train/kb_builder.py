@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fined import distributed
 from fined.artifacts.kb_store import round_through_storage, save_kb
 from fined.data.loader import PeriodStore
@@ -52,6 +54,7 @@ def build_knowledge_base(
     train: TrainConfig,
     out: str | Path | None = None,
     resume: bool = False,
+    device: torch.device | str = "cpu",
 ) -> BuiltKB:
     """Train a KB on ``periods`` (train rows), select its epoch on their held-out rows."""
     last = max(periods)
@@ -63,7 +66,7 @@ def build_knowledge_base(
     ramp_epochs = check_l0_ramp(config, train, len(rows) * distributed.context().world)
     if ramp_epochs:
         train = train.model_copy(update={"select_after": max(train.select_after, ramp_epochs)})
-    trainer = Trainer(kb, train)
+    trainer = Trainer(kb, train, device=device)
     fit = trainer.fit(
         rows,
         store.load(periods, "holdout", known_through=last),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
 
 class EpochProgress:
     """A rich progress bar with the running loss, only on an interactive terminal."""
@@ -35,10 +37,13 @@ class EpochProgress:
             self.task = self.bar.add_task(self.label, total=self.total, loss=float("nan"), terms="")
         return self
 
-    def advance(self, loss: float, terms: dict[str, float]) -> None:
+    def advance(
+        self, loss_sum: torch.Tensor, rows: int, term_sums: dict[str, torch.Tensor]
+    ) -> None:
+        """One step done; the running means are read from the device only when shown."""
         if self.enabled:
-            text = " ".join(f"{k} {v:.4g}" for k, v in terms.items())
-            self.bar.update(self.task, advance=1, loss=loss, terms=text)
+            text = " ".join(f"{k} {float(v) / rows:.4g}" for k, v in term_sums.items())
+            self.bar.update(self.task, advance=1, loss=float(loss_sum) / rows, terms=text)
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:

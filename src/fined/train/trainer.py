@@ -15,6 +15,7 @@ with the same seed.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -30,11 +31,11 @@ from torch.nn import functional as F
 from fined import distributed
 from fined.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from fined.data.batch import Batch
-from fined.data.loader import BatchLoader
 from fined.errors import FinedError
 from fined.models.trainable import Forward, Trainable, embedding_penalty
 from fined.train.config import TrainConfig
 from fined.train.epoch_log import EpochLog
+from fined.train.feed import DeviceFeed
 from fined.train.metrics import score_metrics
 from fined.train.optim import build_optimizer, clip_gradients, sparse_parameters
 from fined.train.progress import EpochProgress
@@ -53,11 +54,15 @@ class FitResult:
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed every generator (CUDA's too). ``deterministic``: PyTorch's deterministic
+    algorithms, and on CUDA the cuBLAS workspace setting they need; it costs speed where an
+    op has a faster non-deterministic kernel (scatter-adds of embedding gradients)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # all devices
     if deterministic:
-        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 class _TrainingPass(nn.Module):
@@ -80,15 +85,26 @@ class Trainer:
         model: Trainable,
         config: TrainConfig | None = None,
         log: Callable[[str], None] | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
-        """``log``: where to say each epoch's line (loss, validation AUC, time)."""
+        """``log``: where to say each epoch's line (loss, validation AUC, time); ``device``:
+        where the model and every batch are put (``fined.devices.resolve_device``)."""
         if not isinstance(model, Trainable):
             raise TypeError(f"the trainer trains a fined Trainable, not {type(model).__name__}")
-        self.model, self.log = model, log
+        self.device = torch.device(device)
+        self.model, self.log = model.to(self.device), log
         self.config = config or TrainConfig()
         self.dist = distributed.context()  # several ranks under torchrun, else one
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.config.tf32
+            torch.backends.cudnn.allow_tf32 = self.config.tf32
+
+    def _autocast(self) -> Any:
+        """bf16 autocast when ``train.precision`` says so (fp32 master weights)."""
+        enabled = self.config.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     # -- inference -------------------------------------------------------------------------
     @torch.no_grad()
@@ -97,10 +113,14 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         out = []
-        for batch in BatchLoader(data, self.config.eval_batch_size):
-            out.append(torch.sigmoid(self.model(batch)).float())
+        feed = DeviceFeed(data, self.config.eval_batch_size, self.device,
+                          resident_share=self.config.resident_share)  # fmt: skip
+        with self._autocast():
+            for batch in feed:
+                out.append(torch.sigmoid(self.model(batch).float()))
         self.model.train(was_training)
-        return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
+        # Gathered on the device, copied to the host once.
+        return torch.cat(out).cpu().numpy() if out else np.empty(0, dtype=np.float32)
 
     def evaluate(self, data: Batch) -> dict[str, float]:
         """Metrics of ``data``; with several ranks, of every rank's share together."""
@@ -148,7 +168,8 @@ class Trainer:
         if resume and run_dir is not None and (run_dir / LAST).is_file():
             state = self._restore(run_dir / LAST, optimizer, scheduler, auxiliary)
         net, batch_size = self._parallel()
-        loader = BatchLoader(train, batch_size, shuffle=True, seed=c.seed)
+        loader = DeviceFeed(train, batch_size, self.device, shuffle=True, seed=c.seed,
+                            resident_share=c.resident_share)  # fmt: skip
         steps = distributed.min_int(len(loader))  # every rank takes as many steps
         log = EpochLog(
             run_dir if self.dist.main else None, c.tensorboard, self.log if self.dist.main else None
@@ -209,14 +230,16 @@ class Trainer:
                 training_pass, ignored
             )
         # Unused parameters exist (e.g. the gates of the dense-gate ablation): let DDP find them.
-        return DistributedDataParallel(
-            training_pass, find_unused_parameters=True
-        ), c.batch_size // world
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        group = distributed.sparse_group() if sparse_parameters(self.model) else None
+        ddp = DistributedDataParallel(training_pass, device_ids=ids, find_unused_parameters=True,
+                                      process_group=group)  # fmt: skip
+        return ddp, c.batch_size // world
 
     def _train_epoch(
         self,
         net: nn.Module,
-        loader: BatchLoader,
+        loader: DeviceFeed,
         steps: int,
         optimizer: torch.optim.Optimizer,
         epoch: int,
@@ -226,23 +249,28 @@ class Trainer:
         net.train()
         params = list(model.parameters())
         sparse = bool(sparse_parameters(model))  # torch's clip_grad_norm_ takes dense only
-        total, rows = 0.0, 0
-        term_sums: dict[str, float] = {}
+        # Sums stay on the device in float64 (what Python floats would give) and are read
+        # once, at the end: no step waits for the GPU to report its loss.
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        rows = 0
+        term_sums: dict[str, torch.Tensor] = {}
         with EpochProgress(steps, f"epoch {epoch}", c.progress and self.dist.main) as bar:
             for step, batch in enumerate(loader):
                 if step == steps:
                     break
-                out: Forward = net(batch)
-                model.auxiliary_step(out)
-                own = model.own_loss(batch, out)
-                loss = F.binary_cross_entropy_with_logits(out.logits, batch.label) + own.value
+                with self._autocast():
+                    out: Forward = net(batch)
+                    model.auxiliary_step(out)
+                    own = model.own_loss(batch, out)
+                logits = out.logits.float()  # the loss in fp32, whatever the precision
+                loss = F.binary_cross_entropy_with_logits(logits, batch.label) + own.value.float()
                 if c.embedding_l2 > 0:
                     if out.fields is None:
                         raise FinedError(
                             f"train.embedding_l2 is set but {type(model).__name__} has no "
                             "embedding penalty (its training pass gives no field vectors)"
                         )
-                    loss = loss + c.embedding_l2 * embedding_penalty(out.fields)
+                    loss = loss + c.embedding_l2 * embedding_penalty(out.fields.float())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if c.grad_clip and sparse:
@@ -251,12 +279,13 @@ class Trainer:
                     nn.utils.clip_grad_norm_(params, c.grad_clip)
                 optimizer.step()
                 n = len(batch)
-                total += float(loss.detach()) * n
+                total += loss.detach().double() * n
                 rows += n
                 for k, v in own.terms.items():
-                    term_sums[k] = term_sums.get(k, 0.0) + v * n
-                bar.advance(total / rows, {k: v / rows for k, v in term_sums.items()})
-        return total / max(rows, 1), {k: v / max(rows, 1) for k, v in term_sums.items()}
+                    term_sums[k] = term_sums.get(k, 0.0) + v.double() * n
+                bar.advance(total, rows, term_sums)
+        means = {k: float(v) / max(rows, 1) for k, v in term_sums.items()}
+        return float(total) / max(rows, 1), means
 
     # -- checkpoints -------------------------------------------------------------------------
     def _checkpoint(

@@ -30,6 +30,7 @@ class TrainObjective:
     train: dict[str, Any] = field(default_factory=dict)  # the trainer's, before the trial's
     kb: str | None = None
     monitor: str = "auc"
+    device: str = "auto"  # where trials compute; not part of what the search is
 
     def layers(self, trial: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The model's and the trainer's settings of a trial (``train.KEY`` keys go to the
@@ -47,6 +48,7 @@ class TrainObjective:
         job = train_model(
             self.data, self.model, self.train_periods, directory, valid=self.valid,
             settings=model, train=trainer, kb=self.kb, adaptor=adaptor or None, resume=True,
+            device=self.device,
         )  # fmt: skip
         best = job.metrics["valid"]
         sign = -1 if self.monitor == "logloss" else 1  # the objective is maximized
@@ -60,6 +62,7 @@ class RunObjective:
     strategy: str  # the label of the strategy tuned
     quick: bool = False
     sets: dict[str, Any] = field(default_factory=dict)  # --set overrides before the trial's
+    device: str | None = None  # None: the config's
 
     def document(self, trial: dict[str, Any]) -> dict[str, Any]:
         """The run config of a trial: only the tuned strategy (its own baseline), with the
@@ -91,6 +94,8 @@ class RunObjective:
         from fined.protocol.runner import Runner
 
         config = parse_model(RunConfig, self.document(trial), f"{self.config} (trial)")
+        if self.device is not None:
+            config = config.model_copy(update={"device": self.device})
         summary = Runner(config, directory).run()
         row = summary.filter(pl.col("strategy") == self.strategy)
         held_out = float(row["held_out_auc_mean"].mean())

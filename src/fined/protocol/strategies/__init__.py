@@ -83,6 +83,7 @@ class StrategyContext:
     adaptor: AdaptorConfig  # the run's adaptor settings with the strategy's own on top
     kb_train: KBTrainConfig  # how the run trains knowledge bases
     default_kb_bytes: int  # the size of a KB of the run's default settings
+    device: torch.device  # where the run computes
 
     def step_seed(self, t: int) -> int:
         return step_seed(self.seed, t)

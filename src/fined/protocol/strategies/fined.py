@@ -21,7 +21,6 @@ from fined.knowledge.fined_model import FinedModel
 from fined.knowledge.knowledge_base import KnowledgeBase
 from fined.models.trainable import Trainable
 from fined.models.warm_start import load_overlapping
-from fined.protocol.data import batch_bytes
 from fined.protocol.distill import Distilled
 from fined.protocol.strategies import (
     Model,
@@ -44,12 +43,13 @@ class FinedSpec(StrategySpec):
     # Weight of the distillation towards the KB's own predictions (None: the run's adaptor
     # setting, 0.2 by default; 0: tokens alone).
     kb_distill: float | None = Field(None, ge=0)
-    # The KB beside the remedies it competes with: distillation from the strategy's own model
-    # of t-1 (as ``kd`` does, with kd's weight; 0: none), and a reservoir of past rows filling
-    # what the KB leaves of ``budget_bytes`` (the bytes kept in all; None: no reservoir). The
-    # default (0.5, no reservoir) was chosen on the held-out AUC over every period trained on
-    # (validation only), over MovieLens and the synthetic drift; README, "Choosing defaults".
+    # Distillation from the strategy's own model of t-1, as ``kd`` does and with kd's weight
+    # (0: none): the KB beside the remedy it competes with. The default was chosen on the
+    # held-out AUC over every period trained on (validation only), over MovieLens and the
+    # synthetic drift; README, "Choosing defaults".
     kd_weight: float = Field(0.5, ge=0)
+    # The bytes kept from the past in all: a reservoir of past rows fills what the KB leaves
+    # (None: the KB alone, no reservoir).
     budget_bytes: int | None = Field(None, ge=1)
 
     def adaptor_overrides(self) -> dict[str, Any]:
@@ -120,7 +120,7 @@ class Fined(Strategy):
     def bytes_kept(self, net: Model, t: int) -> int:
         assert isinstance(net, FinedModel)
         reservoir = self._reservoir(t)
-        rows = batch_bytes(reservoir.at(t)) if reservoir is not None else 0
+        rows = reservoir.at(t).nbytes if reservoir is not None else 0
         return kb_bytes(net.kb) + rows  # the KB the model was trained with, and past rows
 
 
@@ -155,7 +155,8 @@ class FinedStreaming(Fined):
         update = {"epochs": epochs, "patience": epochs, "select_after": 0,
                   "seed": self.context.step_seed(t), "progress": False}  # fmt: skip
         config = self.context.kb_train.model_copy(update=update)
-        Trainer(student, config).fit(self.data.train([t], t), self.data.holdout([t], t))
+        trainer = Trainer(student, config, device=self.context.device)
+        trainer.fit(self.data.train([t], t), self.data.holdout([t], t))
         kb.requires_grad_(net.adaptor_config.finetune_lr is not None)
         kb.eval()
 
@@ -179,4 +180,4 @@ class FinedRebuild(Fined):
         return net
 
     def bytes_kept(self, net: Model, t: int) -> int:
-        return super().bytes_kept(net, t) + batch_bytes(self.data.train(list(range(t)), t))
+        return super().bytes_kept(net, t) + self.data.train(list(range(t)), t).nbytes

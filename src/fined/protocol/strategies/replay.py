@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from fined.data.batch import Batch
-from fined.protocol.data import ProtocolData, batch_bytes
+from fined.protocol.data import ProtocolData
 from fined.protocol.strategies import (
     Model,
     Strategy,
@@ -31,7 +31,7 @@ class Reservoir:
     def at(self, t: int) -> Batch:
         if self._kept is None or self._kept[0] != t:
             one = self.data.train([t], t)
-            row_bytes = batch_bytes(one) / max(len(one), 1)
+            row_bytes = one.nbytes / max(len(one), 1)
             rows = int(self.budget // row_bytes)
             self._kept = (t, self.data.reservoir(list(range(t)), t, rows, self.seed))
         return self._kept[1]
@@ -53,4 +53,4 @@ class Replay(Strategy):
         return Batch.concat([self.data.train([t], t), self.reservoir.at(t)])
 
     def bytes_kept(self, net: Model, t: int) -> int:
-        return batch_bytes(self.reservoir.at(t))
+        return self.reservoir.at(t).nbytes

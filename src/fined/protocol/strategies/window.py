@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fined.protocol.data import batch_bytes
 from fined.protocol.strategies import Model, Strategy, StrategySpec, register_strategy
 
 
@@ -26,7 +25,7 @@ class Window(Strategy):
 
     def bytes_kept(self, net: Model, t: int) -> int:
         past = self.periods(t)[:-1]
-        return batch_bytes(self.data.train(past, t)) if past else 0
+        return self.data.train(past, t).nbytes if past else 0
 
 
 @register_strategy("full")

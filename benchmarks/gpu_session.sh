@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Issue 14's device checks as one command for a lent GPU machine (the H200 image holds
+# PyTorch, pyarrow, rich, safetensors, matplotlib, scikit-learn, requests; not the rest).
+#
+#   here, once:  bash benchmarks/gpu_session.sh wheels   # what the image lacks, into .whl/
+#   there:       bash benchmarks/gpu_session.sh run      # carry .whl; about 9 minutes
+#
+# "run" installs the wheels, runs the cuda-marked tests, then benchmarks/gpu.py (its own
+# budget stops it in time), writing logs and gpu.json under $OUT (or ./gpu-out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+case "${1:-}" in
+wheels)
+  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .whl \
+    polars==2.1.0 polars-runtime-32==2.1.0 pydantic==2.14.4 pydantic-core==2.50.5 \
+    annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 \
+    typer==0.29.2 annotated-doc==0.0.7 shellingham==1.5.4 deepctr-torch==0.2.9
+  du -sh .whl
+  ;;
+run)
+  out="${OUT:-gpu-out}"
+  mkdir -p "$out"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PWD/src" PYTHONUNBUFFERED=1
+  nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
+  status=0
+  timeout 170 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_devices.py \
+    2>&1 | tee "$out/cuda-tests.log" || status=1
+  timeout 360 python3 benchmarks/gpu.py --device cuda --budget-s 300 --json "$out/gpu.json" \
+    2>&1 | tee "$out/gpu.log" || status=1
+  exit $status
+  ;;
+*)
+  echo "usage: $0 wheels|run" >&2
+  exit 2
+  ;;
+esac
