@@ -23,9 +23,10 @@ wheels)
 run)
   out="${OUT:-gpu-out}"
   mkdir -p "$out"
+  site="$(mktemp -d)"  # the wheels go beside the image's packages, not into them
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site:$PWD/src" PYTHONUNBUFFERED=1
+    --target "$site" .whl/*.whl
+  export PYTHONPATH="$site:$PWD/src" PYTHONUNBUFFERED=1
   nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
   status=0
   timeout 170 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_devices.py \

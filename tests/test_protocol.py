@@ -153,6 +153,52 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_results(
     assert resumed.equals(reference)
 
 
+def test_fined_beside_kd_and_a_reservoir_keeps_its_budget_and_resumes(
+    data_dir, finished, tmp_path
+) -> None:
+    """FINED composed with the remedies it competes with, at two storage budgets: the bytes
+    kept are the KB's plus a reservoir filling the rest (int8 storage shrinks the KB), the
+    frontier table and figure are written, and a run killed after its first FINED cell
+    resumes to the results of an uninterrupted one."""
+    kept = pl.read_csv(finished / "results.csv").filter(pl.col("strategy") == "fined")
+    kb = int(kept["bytes_kept"].max())  # the default KB's size on this data (fp32)
+    small, large = 2 * kb, 4 * kb
+    strategies = [
+        {"kind": "fined", "label": "fined-s", "budget_bytes": small, "kb": {"storage": "int8"}},
+        {"kind": "fined", "label": "fined-l", "budget_bytes": large,
+         "adaptor": {"kb_trust": "disagreement"}},
+    ]  # fmt: skip
+    config = write_run_config(tmp_path / "run.yaml", data_dir, strategies, baseline="fined-s")
+    plain, resumed = tmp_path / "plain", tmp_path / "resumed"
+    assert main(["run", str(config), "--out", str(plain)]) == 0
+
+    results = pl.read_csv(plain / "results.csv")
+    assert results["auc"].min() > 0.6  # the planted patterns are still learned
+    most = dict(results.group_by("strategy").agg(pl.col("bytes_kept").max()).iter_rows())
+    for label, budget in (("fined-s", small), ("fined-l", large)):
+        assert 0.8 * budget < most[label] <= budget, (label, most[label], budget)
+    sizes = sorted(p.stat().st_size for p in (plain / "kb").glob("*/kb.safetensors"))
+    assert len(sizes) == 2 and sizes[0] < 0.5 * sizes[1]  # the int8 KB, then the fp32 one
+    frontier = pl.read_csv(plain / "frontier.csv")
+    assert set(frontier["family"]) == {"fined"}
+    assert sorted(frontier.filter(pl.col("family") == "fined")["bytes_kept"]) == [
+        most["fined-s"], most["fined-l"]]  # fmt: skip
+    assert (plain / "figures" / "auc_vs_bytes.png").read_bytes()[:4] == b"\x89PNG"
+
+    cmd = [sys.executable, "-m", "fined.cli", "run", str(config), "--out", str(resumed)]
+    first = resumed / "cells" / "fined-s" / "deepfm" / "seed1" / "t1" / "record.json"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while not first.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read()  # still running: killed midway
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert main(["run", str(config), "--out", str(resumed)]) == 0
+    timing = ["train_seconds", "kb_seconds"]
+    assert pl.read_csv(resumed / "results.csv").drop(timing).equals(results.drop(timing))
+
+
 def test_reservoir_is_a_stream_sample_within_its_budget(data_dir) -> None:
     data = ProtocolData(PeriodStore(data_dir))
     one = data.reservoir([0], 2, rows=500, seed=1)
