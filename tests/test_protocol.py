@@ -84,12 +84,17 @@ def test_test_period_never_drives_a_choice(data_dir, tmp_path) -> None:
     and end with byte-identical weights; only the score on P3 changes (to exactly 1 - AUC)."""
     flipped = tmp_path / "flipped-data"
     flip_labels(data_dir, flipped, period=3)
+    # FINED as shipped (beside kd, its KB pull spread by the KB's confidence) and with a
+    # reservoir and the trust that reads the model of t-1: nothing they fit sees P3.
+    strategies = ["incremental", "kd", "fined",
+                  {"kind": "fined", "label": "fined-r", "budget_bytes": 1_000_000,
+                   "adaptor": {"kb_trust": "disagreement"}}]  # fmt: skip
     runs = {}
     for name, data in (("plain", data_dir), ("flipped", flipped)):
-        config = write_run_config(tmp_path / f"{name}.yaml", data, ["incremental", "kd"])
+        config = write_run_config(tmp_path / f"{name}.yaml", data, strategies)
         assert main(["run", str(config), "--out", str(tmp_path / name)]) == 0
         runs[name] = tmp_path / name
-    for strategy in ("incremental", "kd"):
+    for strategy in ("incremental", "kd", "fined", "fined-r"):
         for t in (1, 2):
             cells = [r / "cells" / strategy / "deepfm" / "seed1" / f"t{t}" for r in runs.values()]
             a, b = (yaml.safe_load((c / "record.json").read_text()) for c in cells)
