@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from fined.errors import FinedError
@@ -77,7 +78,10 @@ def ask(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trial_seed = seed * 100_003 + number
+    # Spread by a hash: numpy's Mersenne Twister, which Optuna's samplers use, draws nearly
+    # the same first values from consecutive seeds (trials 0-2 asked lr 6.03e-4, 6.16e-4,
+    # 6.06e-4 and the same dropout before this).
+    trial_seed = int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
     chooser = (
         optuna.samplers.RandomSampler(seed=trial_seed)
         if sampler == "random"
