@@ -20,9 +20,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
     """The device ``spec`` names; ``auto``: this rank's GPU if there is one, else the CPU."""
     spec = spec.strip().lower()
     if spec == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", _local_rank() % torch.cuda.device_count())
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "cpu":
         return torch.device("cpu")
     if spec == "cuda" or spec.startswith("cuda:"):

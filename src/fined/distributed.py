@@ -53,11 +53,12 @@ def setup(device: torch.device | None = None, timeout_s: float = 600.0) -> Conte
     own, ``LOCAL_RANK``), ``gloo`` for the CPU."""
     global _COLLECTIVES
     if launched() and not dist.is_initialized():
-        on_gpu = device is not None and device.type == "cuda"
-        if device is not None and on_gpu:
-            torch.cuda.set_device(device)
-            _COLLECTIVES = device
-        dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timedelta(seconds=timeout_s))
+        gpu = device if device is not None and device.type == "cuda" else None
+        if gpu is not None:
+            torch.cuda.set_device(gpu)
+            _COLLECTIVES = gpu
+        backend = "gloo" if gpu is None else "nccl"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return context()
 
 
@@ -84,11 +85,11 @@ def context() -> Context:
 
 def teardown() -> None:
     """Leave the group together: a rank that tears down while another still talks aborts."""
-    global _SPARSE_GROUP
+    global _SPARSE_GROUP, _COLLECTIVES
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-        _SPARSE_GROUP = None
+        _SPARSE_GROUP, _COLLECTIVES = None, torch.device("cpu")
 
 
 def barrier() -> None:

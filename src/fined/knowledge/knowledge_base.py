@@ -171,9 +171,10 @@ class KnowledgeBase(Trainable):
             # Gates that close before the task has shaped the embeddings never reopen (a
             # closed gate gets no task gradient): the penalty ramps up instead.
             # (in float64 on the device, as Python floats would be, without a sync)
-            ramp = (self.steps.double() / max(c.l0_warmup_steps, 1)).clamp(max=1.0)
-            if not c.l0_warmup_steps:
-                ramp = torch.ones_like(ramp)
+            if c.l0_warmup_steps:
+                ramp = (self.steps.double() / c.l0_warmup_steps).clamp(max=1.0)
+            else:
+                ramp = torch.ones((), dtype=torch.float64, device=l0.device)
             total = total + (c.lambda_l0 * ramp).to(l0.dtype) * l0
             terms["l0"] = l0.detach()
         if self.mi is not None and c.lambda_dis > 0:
