@@ -96,21 +96,28 @@ def synchronize(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
+def train_config(batch: int, precision: str, feed: str) -> Any:
+    """The trainer's settings of one setting (``feed``: rows resident on the device, or
+    streamed from pinned host memory batch by batch)."""
+    from fined.train.config import TrainConfig
+
+    return TrainConfig(
+        batch_size=batch, eval_batch_size=max(batch, 65_536), epochs=1, patience=1,
+        progress=False, precision=precision,
+        resident_share=0.5 if feed == "resident" else 0.0,
+    )  # fmt: skip
+
+
 def measure(name: str, store: Any, batch: int, precision: str, feed: str, args: Any) -> dict:
     import torch
 
-    from fined.train.config import TrainConfig
     from fined.train.trainer import Trainer
 
     device = args.device
     train, valid = store.load([0], "train"), store.load([0], "holdout")
     torch.manual_seed(0)
-    config = TrainConfig(
-        batch_size=batch, eval_batch_size=max(batch, 65_536), epochs=1, patience=1,
-        progress=False, precision=precision,
-        resident_share=0.5 if feed == "resident" else 0.0,
-    )  # fmt: skip
-    trainer = Trainer(build(name, store.feature_map), config, device=device)
+    trainer = Trainer(build(name, store.feature_map), train_config(batch, precision, feed),
+                      device=device)  # fmt: skip
     warm = train.slice(0, min(len(train), args.warmup * batch))
     trainer.fit(warm, valid.slice(0, min(len(valid), batch)))
     if device.type == "cuda":

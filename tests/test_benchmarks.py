@@ -3,11 +3,14 @@ speed is measured by running the scripts in full, see benchmarks/README.md). Scr
 are never run rot silently: throughput.py once failed for every model after a trainer
 refactor, and nothing noticed."""
 
+import argparse
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -53,3 +56,47 @@ def test_benchmark_runs_on_tiny_inputs(name: str, tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert expected in done.stdout, done.stdout[-2000:]
+
+
+def test_a_failing_benchmark_fails(tmp_path) -> None:
+    """A model that cannot be measured ends the script non-zero (once it printed "failed"
+    and exited 0, and this test's only check was that the model's name was printed)."""
+    args = ["--rows", "20000", "--models", "deepfm,no_such_model", "--max-steps", "1"]
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), *args],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)  # fmt: skip
+    assert done.returncode != 0
+    assert "no_such_model failed" in done.stdout and "error: no_such_model" in done.stderr
+
+
+def _module(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_every_setting_the_gpu_benchmark_plans_runs(tmp_path) -> None:
+    """Each setting ``gpu.py`` plans for a GPU (the streamed feed included, which its CPU run
+    never reaches) measured through the same code on the CPU, on a few rows."""
+    from fined.data.loader import PeriodStore
+
+    gpu = _module("gpu")
+    gpu.prepare_data(3000, tmp_path / "criteo")
+    gpu.prepare_history_data(3000, tmp_path / "history")
+    stores = {name: PeriodStore(tmp_path / name) for name in ("criteo", "history")}
+    planned = argparse.Namespace(
+        device=torch.device("cuda"), batches=[8192, 65536], precisions=["fp32", "bf16"],
+        models=gpu.MODELS, peer=False,
+    )  # fmt: skip
+    settings = gpu.plan(planned)
+    assert {feed for *_, feed in settings} == {"resident", "streamed"}
+    assert {model for model, *_ in settings} == set(gpu.MODELS)
+    here = argparse.Namespace(device=torch.device("cpu"), warmup=1)
+    for model, batch, precision, feed in settings:
+        store = stores["history" if model == "din" else "criteo"]
+        r = gpu.measure(model, store, batch, precision, feed, here)
+        assert r["train_sps"] > 0 and 0 < r["auc"] < 1, (model, batch, precision, feed)

@@ -201,3 +201,62 @@ def test_two_ranks_on_two_gpus(data, tmp_path) -> None:
     # sparse gradients: NCCL has no sparse all-reduce, they go through a gloo group
     assert _train_cli(data, tmp_path / "sparse", "--set", "train.epochs=2", "--set",
                       "sparse_embedding=true", "--device", "cuda", "--nproc", "2") == 0  # fmt: skip
+
+
+# -- every strategy follows a move of its model ------------------------------------------------
+def _holds_only(dtype: torch.dtype):
+    """A hook for every module PyTorch runs: each floating tensor the module holds directly
+    (parameters and buffers) must be of ``dtype``. Global, so that a module hidden from its
+    owner (a list, a plain attribute) is caught too."""
+
+    def check(module, inputs) -> None:
+        own = [*module._parameters.values(), *module._buffers.values()]
+        floating = [t for t in own if t is not None and t.is_floating_point()]
+        wrong = [t.dtype for t in floating if t.dtype != dtype]
+        assert not wrong, f"{type(module).__name__} holds {wrong[0]} after the move to {dtype}"
+
+    return torch.nn.modules.module.register_module_forward_pre_hook(check)
+
+
+@pytest.mark.parametrize("kind", ["incremental", "window", "replay", "kd", "fined",
+                                  "fined_streaming", "fined_rebuild"])  # fmt: skip
+def test_every_strategy_follows_a_move_of_its_model(kind, data, tmp_path) -> None:
+    """A dtype move (``.double()``) takes PyTorch's ``_apply``, the path of every ``.to(device)``:
+    each strategy's trained module, any teacher inside it included, must follow it and train
+    a step. (The first GPU run crashed here: the model of t-1 that ``kd`` distils from was
+    hidden in a list and stayed on the CPU.)"""
+    from conftest import write_run_config
+    from fined.protocol.config import load_run_config
+    from fined.protocol.runner import Runner
+    from fined.protocol.strategies import STRATEGIES
+
+    assert kind in STRATEGIES.names(), "a strategy kind this test does not know of"
+    kinds = ["incremental"] + ([kind] if kind != "incremental" else [])
+    kb = {"slots": 4, "dim": 8, "l0_warmup_steps": 4}
+    config = load_run_config(write_run_config(tmp_path / "run.yaml", data, kinds, kb=kb))
+    runner = Runner(config, tmp_path / "out")
+    runner.open()
+    spec = config.strategies[-1]
+    strategy = spec.strategy(spec, runner.context(spec, "deepfm", 1))
+    t = runner.steps[0]
+    warm = runner.base_model("deepfm").state_dict()
+    net = strategy.build(t, warm, from_warmup=True)
+    previous = strategy.build(t, net.state_dict(), from_warmup=False)  # a model of t-1
+    trainable = strategy.trainable(previous).double()
+    batch = strategy.rows(t).slice(0, 256)
+    batch.floats = batch.floats.double()  # the batch moves with the model, as on a device
+    handle = _holds_only(torch.float64)
+    try:
+        trainable.train()
+        out = trainable.forward_train(batch)
+        trainable.auxiliary_step(out)
+        own = trainable.own_loss(batch, out)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            out.logits, batch.label.double()) + own.value  # fmt: skip
+        loss.backward()
+    finally:
+        handle.remove()
+    assert loss.dtype == torch.float64 and torch.isfinite(loss)
+    # The teacher is neither trained nor saved with the model.
+    names = {n for n, _ in trainable.named_parameters()} | set(trainable.state_dict())
+    assert not any(n.startswith("teacher.") for n in names)

@@ -10,12 +10,11 @@ reading the same meaning.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch.nn import functional as F
 
 from fined.data.batch import Batch
+from fined.models.frozen import frozen_snapshot
 from fined.models.trainable import Forward, OwnLoss, Trainable
 
 
@@ -25,12 +24,9 @@ class Distilled(Trainable):
     def __init__(self, student: Trainable, teacher: Trainable, weight: float) -> None:
         super().__init__()
         self.student, self.weight = student, weight
-        # Not a submodule: the teacher is neither trained nor saved with the student.
-        self._teacher = [copy.deepcopy(teacher).eval().requires_grad_(False)]
-
-    @property
-    def teacher(self) -> Trainable:
-        return self._teacher[0]
+        # A registered snapshot: it follows every .to()/.half() of this module, and is
+        # neither trained nor saved with the student (``fined.models.frozen``).
+        self.teacher = frozen_snapshot(teacher)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.student(batch)
@@ -73,4 +69,7 @@ class Distilled(Trainable):
         return self.student.auxiliary_optimizers()
 
     def ddp_ignored_parameters(self) -> list[str]:
-        return [f"student.{name}" for name in self.student.ddp_ignored_parameters()]
+        """The student's, and the teacher's tensors: the same snapshot on every rank, which
+        DDP would otherwise broadcast as buffers at every step."""
+        teacher = [f"teacher.{name}" for name, _ in self.teacher.named_buffers()]
+        return [f"student.{name}" for name in self.student.ddp_ignored_parameters()] + teacher

@@ -37,7 +37,7 @@ class TrainConfig(StrictModel):
     tf32: bool = False  # CUDA matmuls in TF32 (10-bit mantissa inputs, fp32 accumulation)
     # On a GPU the rows stay resident in its memory when they take at most this share of what
     # is free (no copy per step); else they are copied batch by batch, overlapped
-    resident_share: float = Field(0.5, gt=0, le=1)
+    resident_share: float = Field(0.5, ge=0, le=1)  # 0: always copied batch by batch
     tensorboard: bool = False  # TensorBoard scalars in the run directory (needs tensorboard)
 
 

@@ -1,0 +1,32 @@
+"""A frozen snapshot of a module: it follows its owner everywhere and is never trained or saved.
+
+A teacher (the model of t-1 that ``kd`` distils from, a KB's earlier self) must move with the
+model that owns it: every ``.to(device)``, ``.cuda()``, ``.half()`` or ``.double()`` of the
+owner reaches it through PyTorch's ``_apply``, because it is a registered submodule. It must
+also stay out of what the owner trains and saves: each of its parameters becomes a buffer
+(so ``parameters()`` and the optimizer never see it) and every buffer is non-persistent (so
+``state_dict()`` and the checkpoints do not hold it; a resumed run takes a new snapshot of the
+same saved model instead).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TypeVar
+
+from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def frozen_snapshot(module: M) -> M:
+    """A deep copy of ``module`` taken now, in evaluation mode, without gradients, whose every
+    tensor is a non-persistent buffer (see the module docstring)."""
+    snapshot = copy.deepcopy(module).eval().requires_grad_(False)
+    for sub in snapshot.modules():
+        for name, parameter in list(sub._parameters.items()):
+            del sub._parameters[name]
+            sub.register_buffer(name, None if parameter is None else parameter.detach(),
+                                persistent=False)  # fmt: skip
+        sub._non_persistent_buffers_set.update(sub._buffers)
+    return snapshot
