@@ -301,8 +301,8 @@ def main() -> None:
             stores["history"] = PeriodStore(Path(tmp) / "history")
         rows = len(stores["criteo"].load([0], "train"))
         print(f"device {args.device} ({name}), torch {torch.__version__}; {rows:,} training rows")
-        print("| model | batch | precision | rows | train samples/s | infer samples/s | AUC "
-              "| peak MB |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+        print("| model | batch | precision | rows | train samples/s | ms/step | infer samples/s "
+              "| AUC | peak MB |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
         skipped = []
         for model, batch, precision, feed in plan(args):
             if time.perf_counter() - started > args.budget_s:
@@ -314,9 +314,10 @@ def main() -> None:
             else:
                 r = measure(model, store, batch, precision, feed, args)
             results.append(r)
+            step_ms = 1000 * r["batch"] / r["train_sps"] if r["train_sps"] else float("nan")
             print(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['rows']} "
-                  f"| {r['train_sps']:,.0f} | {r['infer_sps']:,.0f} | {r['auc']:.4f} "
-                  f"| {r['peak_mb']:,.0f} |", flush=True)  # fmt: skip
+                  f"| {r['train_sps']:,.0f} | {step_ms:.2f} | {r['infer_sps']:,.0f} "
+                  f"| {r['auc']:.4f} | {r['peak_mb']:,.0f} |", flush=True)  # fmt: skip
     print(ratios(results))
     if skipped:
         print(f"skipped (budget {args.budget_s:.0f} s spent): {', '.join(skipped)}")

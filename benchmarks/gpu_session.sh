@@ -6,7 +6,8 @@
 #   there:       bash benchmarks/gpu_session.sh run      # carry .whl; about 9 minutes
 #
 # "run" installs the wheels, runs the cuda-marked tests, then benchmarks/gpu.py (its own
-# budget stops it in time), writing logs and gpu.json under $OUT (or ./gpu-out).
+# budget stops it in time), then the MovieLens quick job on the GPU, writing logs, gpu.json
+# and the run's outputs under $OUT (or ./gpu-out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -17,7 +18,7 @@ wheels)
     --platform manylinux2014_x86_64 -d .whl \
     polars==2.1.0 polars-runtime-32==2.1.0 pydantic==2.14.4 pydantic-core==2.50.5 \
     annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 \
-    typer==0.29.2 annotated-doc==0.0.7 shellingham==1.5.4 deepctr-torch==0.2.9
+    typer==0.29.2 annotated-doc==0.0.7 shellingham==1.5.4 deepctr-torch==0.2.9 recbole==1.2.1
   du -sh .whl
   ;;
 run)
@@ -31,8 +32,12 @@ run)
   status=0
   timeout 170 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_devices.py \
     2>&1 | tee "$out/cuda-tests.log" || status=1
-  timeout 360 python3 benchmarks/gpu.py --device cuda --budget-s 300 --json "$out/gpu.json" \
+  timeout 300 python3 benchmarks/gpu.py --device cuda --budget-s 240 --json "$out/gpu.json" \
     2>&1 | tee "$out/gpu.log" || status=1
+  # The protocol end to end on the GPU (every strategy kind of the quick job, FINED's
+  # fallback included): wall time and AUCs, to set beside the CPU run's.
+  /usr/bin/time -v timeout 150 python3 -m fined.cli run configs/movielens100k.yaml --quick \
+    --device cuda --out "$out/movielens-quick" 2>&1 | tee "$out/run.log" || status=1
   exit $status
   ;;
 *)

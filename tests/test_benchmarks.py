@@ -33,6 +33,7 @@ RUNS = {
         ],
         "a FINED-DeepFM step costs",
     ),
+    "robustness": (["--seeds", "1", "--only", "kb_random", "--out", "rb"], "kb_random"),
     "scaling": (
         ["--rows", "20000", "--big", "20000,10000", "--epochs", "1", "--cap", "5000"],
         "2 processes (DDP), sparse",

@@ -166,7 +166,8 @@ def test_field_attention_block_is_a_pre_norm_transformer_layer() -> None:
 
 def test_kb_distillation_pulls_towards_the_kbs_own_predictions(tmp_path) -> None:
     """The adaptor's ``kb_distill`` term is the BCE between the model's logits and the frozen
-    KB's stage-1 click probabilities for the same rows, times its weight."""
+    KB's stage-1 click probabilities for the same rows, times its weight and times how far
+    the KB has earned its place (``kb_earned``: 0 at the start, nothing pulls)."""
     prepare(PrepareConfig(dataset="synthetic", options={"n_rows": 2000, "n_periods": 2}), tmp_path)
     store = PeriodStore(tmp_path)
     torch.manual_seed(0)
@@ -176,9 +177,12 @@ def test_kb_distillation_pulls_towards_the_kbs_own_predictions(tmp_path) -> None
     batch = store.load([1]).slice(0, 256)
     net.train()
     out = net.forward_train(batch)
+    assert float(net.own_loss(batch, out).value) == 0.0  # the KB has earned nothing yet
+    net.kb_earned.fill_(0.5)
+    out = net.forward_train(batch)
     logits = out.logits
     with torch.no_grad():
-        expected = 0.3 * F.binary_cross_entropy_with_logits(logits, torch.sigmoid(kb(batch)))
+        expected = 0.15 * F.binary_cross_entropy_with_logits(logits, torch.sigmoid(kb(batch)))
     assert torch.allclose(net.own_loss(batch, out).value, expected, atol=1e-6)
     assert net.own_loss(batch, out).value.requires_grad  # it trains the model
     net.eval()
@@ -254,10 +258,10 @@ def test_adaptor_is_multi_head_attention_over_the_knowledge() -> None:
     values = adaptor.value(knowledge).view(7, 9, 3, 8).transpose(1, 2)  # [B, m, K, d]
     scores = (keys @ q.view(7, 3, 4, 1)).squeeze(-1) / 2.0
     expected = (torch.softmax(scores, -1).unsqueeze(2) @ values).squeeze(2)
-    expected = expected * torch.sigmoid(adaptor.gate(q)).unsqueeze(-1)
+    expected = expected * (torch.sigmoid(adaptor.gate(q)) * adaptor.opening).unsqueeze(-1)
     tokens = adaptor(fields, knowledge)
     assert torch.allclose(tokens, expected, atol=1e-5)
-    weights = [adaptor.query.weight, adaptor.key.weight, adaptor.value.weight]
+    weights = [adaptor.query.weight, adaptor.key.weight, adaptor.value.weight, adaptor.opening]
     grads = torch.autograd.grad(tokens.square().sum(), weights)
     reference = torch.autograd.grad(expected.square().sum(), weights)
     for g, r in zip(grads, reference, strict=True):

@@ -4,6 +4,7 @@ period never driving a choice, and a killed run resuming to the same results."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -77,6 +78,38 @@ def test_every_output_is_written_and_consistent(finished, data_dir) -> None:
     assert relaimpr["fined"] == pytest.approx(expected, abs=1e-3)
     report = (finished / "report.md").read_text()
     assert "| deepfm | fined |" in report and "figures/forgetting_deepfm.png" in report
+    # The forward figure: each model of t-1 on P_t, that is every test but the last.
+    for strategy in ("incremental", "fined"):
+        own = results.filter((pl.col("strategy") == strategy) & (pl.col("t") < 3))
+        row = summary.filter(pl.col("strategy") == strategy).row(0, named=True)
+        assert row["forward_auc_mean"] == pytest.approx(own["auc"].mean(), abs=1e-6)
+
+
+def test_fined_deploys_the_chain_that_looked_forward_better(finished) -> None:
+    """FINED's fallback is the run's own ``incremental`` (its cells serve both): each period
+    the deployed model is the one whose record on rows later than its training (models of
+    t-1 on P_t, the current held-out tail) is the better, recomputed here from the cells."""
+    results = pl.read_csv(finished / "results.csv")
+    cells = finished / "cells"
+    assert sorted(p.name for p in cells.iterdir()) == ["fined", "incremental"]
+    chains = {}
+    for label in ("fined", "incremental"):
+        chains[label] = [json.loads((cells / label / "deepfm" / "seed1" / f"t{t}" /
+                                     "record.json").read_text()) for t in (1, 2, 3)]  # fmt: skip
+
+    def score(label: str, t: int) -> float:
+        own = chains[label]
+        figures = [own[u - 2]["auc"] for u in range(2, t + 1)] + [own[t - 1]["valid_auc"]]
+        return sum(figures) / len(figures)
+
+    for t in (1, 2, 3):
+        expected = "fined" if score("fined", t) > score("incremental", t) else "incremental"
+        row = results.filter((pl.col("strategy") == "fined") & (pl.col("t") == t)).row(
+            0, named=True
+        )
+        assert row["deployed"] == expected
+        assert row["auc"] == pytest.approx(chains[expected][t - 1]["auc"], abs=1e-6)
+        assert row["candidate_auc"] == pytest.approx(chains["fined"][t - 1]["auc"], abs=1e-6)
 
 
 def test_test_period_never_drives_a_choice(data_dir, tmp_path) -> None:
@@ -105,6 +138,11 @@ def test_test_period_never_drives_a_choice(data_dir, tmp_path) -> None:
                 assert b["auc"] == pytest.approx(1 - a["auc"], abs=1e-9)
             else:
                 assert a["auc"] == b["auc"]
+        if strategy.startswith("fined"):  # the deployed model too (its fallback: incremental)
+            deployed = [pl.read_csv(r / "results.csv").filter(
+                (pl.col("strategy") == strategy) & (pl.col("t") <= 2))["deployed"].to_list()
+                for r in runs.values()]  # fmt: skip
+            assert deployed[0] == deployed[1]
         t3 = [
             yaml.safe_load(
                 (r / "cells" / strategy / "deepfm" / "seed1" / "t3" / "record.json").read_text()

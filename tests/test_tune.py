@@ -82,6 +82,8 @@ def test_tuning_a_strategy_of_the_protocol(data, tmp_path) -> None:
     assert main([str(a) for a in args]) == 0
     table = _table(out)
     assert table["strategy.kd_weight"].to_list() == [0.0, 1.0] and table["held_out_auc"].min() > 0.5
+    # Trials are judged forward: how their models of t-1 scored P_t (not the last period).
+    assert table["forward_auc"].min() > 0.5
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["strategies"][0]["kind"] == "kd" and best["baseline"] == "kd"
     assert main(["run", str(out / "best.yaml"), "--out", str(tmp_path / "again")]) == 0

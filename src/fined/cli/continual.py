@@ -114,7 +114,7 @@ def run(
 def _summary_table(name: str, summary) -> Table:
     table = Table(title=f"{name}: mean over test periods, mean ± std over seeds")
     columns = ("model", "strategy", "test AUC", "RelaImpr", "LogLoss", "BWT", "held-out AUC",
-               "bytes kept")  # fmt: skip
+               "forward AUC", "bytes kept")  # fmt: skip
     for col in columns:
         table.add_column(col, justify="left" if col in ("model", "strategy") else "right")
     for r in summary.iter_rows(named=True):
@@ -126,11 +126,13 @@ def _summary_table(name: str, summary) -> Table:
             f"{r['logloss_mean']:.4f}",
             f"{r['bwt_mean']:+.4f}",
             f"{r['held_out_auc_mean']:.4f}",
+            f"{r['forward_auc_mean']:.4f}",
             f"{r['bytes_kept'] / 1024:,.0f} KB",
         )
     table.caption = (
-        "held-out AUC: on the held-out slices of every period trained on so far (the "
-        "validation figure; the test periods play no part in it)"
+        "held-out AUC: on the held-out slices of every period trained on (rewards "
+        "remembering); forward AUC: each model of t-1 on P_t, every test but the last (the "
+        "validation figure strategies are chosen by)"
     )
     return table
 
@@ -140,7 +142,7 @@ def validation_lines(summary) -> list[str]:
     from fined.report.tables import validation_winners
 
     return [
-        f"{w['model']}: on validation {w['best']} wins (held-out AUC +{w['margin']:.4f} over "
+        f"{w['model']}: on validation {w['best']} wins ({w['figure']} AUC +{w['margin']:.4f} over "
         f"{w['second']}); their test AUC {w['best_test']:.4f} and {w['second_test']:.4f}; "
         f"best on test: {w['test_best']}"
         for w in validation_winners(summary)

@@ -5,7 +5,9 @@ attends with m heads over the K knowledge vectors of the (frozen) knowledge base
 the m results to the base embedding size, and scales them by an instance-wise gate
 ``g = sigmoid(w . q)``: the instance decides how much of the past it needs. The tokens are
 appended to the base model's fields, so its interaction part (FM, cross layers, products,
-CIN, self-attention, DIN's MLP) works on them like on any other field.
+CIN, self-attention, DIN's MLP) works on them like on any other field. A learned opening per
+token, started at 0, lets the model begin as its base model and open the channel only as
+far as the knowledge earns it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ class AdaptorConfig(StrictModel):
     # Initial bias of the instance-wise gate (None: PyTorch's default init). Negative starts
     # the tokens nearly closed: a warm-started base model first keeps its own function.
     gate_bias: float | None = None
+    # Each token's opening, a learned scale, starts at 0 (True) or 1 (False). At 0 the tokens
+    # add nothing: a FINED model starts as exactly its base model (for every base model whose
+    # interaction ignores zero fields: all but AutoInt's attention), learns at the base
+    # model's pace, and the opening grows only as far as the tokens lower the training loss
+    # (zero-initialised residual branches: ReZero, LoRA). Chosen because the tokens opened at
+    # the start slowed learning where users train few passes (issue 20: 3 epochs of a
+    # synthetic log, test AUC 0.7578 for the base model, 0.6898 with open tokens alone).
+    start_closed: bool = True
     # Weight of a distillation term towards the frozen KB's own click probabilities (its
     # stage-1 head over the same knowledge vectors). The tokens are the channel, this is the
     # incentive: without it the model reads from the tokens only what the current rows
@@ -45,6 +55,13 @@ class AdaptorConfig(StrictModel):
     # and the synthetic drift together, and it needs no model of t-1 (validation only;
     # README, "Choosing defaults").
     kb_trust: Literal["constant", "confidence", "disagreement", "agreement"] = "confidence"
+    # Scale the tokens and the pull by how far the KB has earned its place on the rows the
+    # model trains on: the share of recent batches on which the KB's own predictions rank
+    # the clicks above chance (``fined_model.kb_earned``; it starts at 0). Chosen (issue 20)
+    # because tokens from a KB that predicts nothing (random, or built on labels that no
+    # longer hold) are extra features the model memorises with: 3 epochs on the recurring
+    # synthetic log, test AUC 0.7816 for the base model, 0.7562 with a random KB's tokens.
+    kb_earned: bool = True
 
 
 class KnowledgeAdaptor(nn.Module):
@@ -58,6 +75,7 @@ class KnowledgeAdaptor(nn.Module):
         tokens: int,
         attention_dim: int,
         gate_bias: float | None = None,
+        start_closed: bool = False,
     ) -> None:
         super().__init__()
         self.m, self.a, self.d = tokens, attention_dim, dim
@@ -67,6 +85,8 @@ class KnowledgeAdaptor(nn.Module):
         self.gate = nn.Linear(tokens * attention_dim, 1)
         if gate_bias is not None:
             nn.init.constant_(self.gate.bias, gate_bias)
+        # How far each token is open (AdaptorConfig.start_closed).
+        self.opening = nn.Parameter(torch.full((tokens,), 0.0 if start_closed else 1.0))
 
     def forward(self, fields: torch.Tensor, knowledge: torch.Tensor) -> torch.Tensor:
         b, _, e = knowledge.shape
@@ -82,4 +102,5 @@ class KnowledgeAdaptor(nn.Module):
         pooled = torch.bmm(short_softmax(scores), knowledge).transpose(0, 1)  # [m, B, e]
         values = self.value.weight.view(self.m, self.d, e).transpose(1, 2)  # [m, e, d]
         tokens = torch.baddbmm(self.value.bias.view(self.m, 1, self.d), pooled, values)
-        return tokens.transpose(0, 1) * torch.sigmoid(self.gate(q)).unsqueeze(-1)  # [B, m, d]
+        gate = torch.sigmoid(self.gate(q)) * self.opening  # [B, m]: instance and token
+        return tokens.transpose(0, 1) * gate.unsqueeze(-1)  # [B, m, d]

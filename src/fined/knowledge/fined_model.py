@@ -7,6 +7,8 @@ by default, the KB's own click predictions are a second teacher (``kb_distill``)
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn import functional as F
 
@@ -17,12 +19,15 @@ from fined.knowledge.knowledge_base import KnowledgeBase
 from fined.models.ctr_model import CTRModel
 from fined.models.trainable import Forward, OwnLoss, Trainable, no_loss
 
+EARNED_STEP = 0.1  # kb_earned follows the last ~10 batches: a period's first steps decide
+
 
 class FinedModel(Trainable):
     """A base CTR model (built with ``knowledge_tokens = m``) fed by a knowledge base."""
 
     base: CTRModel
     kb: KnowledgeBase
+    kb_earned: torch.Tensor  # a buffer: how far the KB has earned its place, 0..1
 
     def __init__(self, base: CTRModel, kb: KnowledgeBase, config: AdaptorConfig) -> None:
         super().__init__()
@@ -39,8 +44,14 @@ class FinedModel(Trainable):
             config.tokens,
             config.attention_dim,
             config.gate_bias,
+            config.start_closed,
         )
         self.kb.requires_grad_(config.finetune_lr is not None)
+        # How far the KB has earned its place on the rows this model trains on (0..1): the
+        # tokens and the pull towards the KB are scaled by it. It starts at 0 (the model is
+        # its base model until the KB shows it predicts the current rows) and is saved with
+        # the model: evaluation and export read it. 1, fixed, without ``kb_earned``.
+        self.register_buffer("kb_earned", torch.tensor(0.0 if config.kb_earned else 1.0))
 
     # The trainer and artefacts look at these, as on any CTRModel.
     @property
@@ -63,12 +74,26 @@ class FinedModel(Trainable):
         return out["v"], out["z"]
 
     def forward_train(self, batch: Batch) -> Forward:
-        """Logits, the base model's field vectors and the knowledge the tokens came from."""
+        """Logits, the base model's field vectors, the knowledge the tokens came from and (in
+        training) the KB's click probabilities on these rows."""
         fields = self.base.embedding(batch)
         knowledge = self.knowledge(batch)[0]
-        tokens = self.adaptor(fields, knowledge)
+        # (a copy: the buffer moves on in auxiliary_step, before this step's backward)
+        tokens = self.adaptor(fields, knowledge) * self.kb_earned.to(fields.dtype, copy=True)
         logits = self.base.interact(torch.cat([fields, tokens], 1), batch)
-        return Forward(logits, fields, {"knowledge": knowledge})
+        parts = {"knowledge": knowledge}
+        if self.training:
+            with torch.no_grad():
+                past = torch.sigmoid(self.kb.click_logits(knowledge))
+                parts["kb.prob"] = past
+                parts["kb.earned"] = kb_earned(past, batch.label)
+        return Forward(logits, fields, parts)
+
+    def auxiliary_step(self, out: Forward) -> None:
+        """How far the KB has earned its place: a moving share of the recent batches on
+        which it did (``kb_earned``), over about ten steps."""
+        if self.adaptor_config.kb_earned and "kb.earned" in out.parts:
+            self.kb_earned.lerp_(out.parts["kb.earned"].to(self.kb_earned.dtype), EARNED_STEP)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.forward_train(batch).logits
@@ -77,15 +102,17 @@ class FinedModel(Trainable):
         """``kb_distill`` times the BCE towards the KB's own click probabilities for the same
         knowledge, spread over the instances as ``kb_trust`` says (in training only:
         evaluation adds nothing)."""
-        weight = self.adaptor_config.kb_distill
-        if not weight or not self.training:
+        config = self.adaptor_config
+        if not config.kb_distill or not self.training:
             return no_loss(out)
+        past = out.parts["kb.prob"]
         with torch.no_grad():
-            past = torch.sigmoid(self.kb.click_logits(out.parts["knowledge"]))
-            trust = kb_trust(self.adaptor_config.kb_trust, past, out.parts.get("teacher.prob"))
+            trust = kb_trust(config.kb_trust, past, out.parts.get("teacher.prob"))
         per_row = F.binary_cross_entropy_with_logits(out.logits, past, reduction="none")
         term = per_row.mean() if trust is None else (trust * per_row).mean()
-        return OwnLoss(weight * term, {"kb_distill": term.detach()})
+        earned = self.kb_earned.to(term.dtype, copy=True)
+        terms = {"kb_distill": term.detach(), "kb_earned": earned.detach()}
+        return OwnLoss(config.kb_distill * earned * term, terms)
 
     def train(self, mode: bool = True) -> FinedModel:
         super().train(mode)
@@ -101,6 +128,20 @@ class FinedModel(Trainable):
             kb = self.kb.parameter_groups()[0]["params"]
             groups.append({"params": kb, "lr": self.adaptor_config.finetune_lr})
         return groups
+
+
+def kb_earned(past: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """1 if the KB has earned its place on this batch of current rows (rows it never trained
+    on), else 0 (``[]``, on the device: no step waits for it): its click probabilities
+    ``past`` [B] rank the clicks above chance, their correlation with the labels beyond
+    twice its standard error under no relation (2 / sqrt(B)). A random KB, or one whose
+    past no longer holds, earns it on about 2 % of batches by chance; a KB that predicts the
+    rows at all, on nearly all. Ranks, not log-loss: a KB may rank well and be calibrated to
+    another period's click rate."""
+    p, y = past.float(), label.float()
+    p, y = p - p.mean(), y - y.mean()
+    corr = (p * y).mean() / (p.pow(2).mean().sqrt() * y.pow(2).mean().sqrt()).clamp_min(1e-12)
+    return (corr > 2.0 / math.sqrt(max(len(label), 1))).float()
 
 
 def kb_trust(rule: str, past: torch.Tensor, recent: torch.Tensor | None) -> torch.Tensor | None:

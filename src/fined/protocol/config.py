@@ -146,7 +146,50 @@ class RunConfig(StrictModel):
             raise ValueError(f"strategy labels must be unique, repeated: {dupes}")
         if self.baseline not in labels:
             raise ValueError(f"baseline {self.baseline!r} is not one of the strategies {labels}")
+        for spec in self.strategies:
+            if spec.fallback is not None and self._default(spec.fallback).fallback is not None:
+                raise ValueError(
+                    f"strategy {spec.label!r}: its fallback {spec.fallback!r} has a fallback "
+                    "of its own; a fallback must be a strategy that stands alone"
+                )
         return self
+
+    @staticmethod
+    def _default(kind: str, warm_start: bool | None = None) -> StrategySpec:
+        """The spec of ``kind`` with its default settings."""
+        try:
+            return parse_strategy({"kind": kind, "warm_start": warm_start})
+        except FinedError as err:
+            raise ValueError(f"fallback: {err}") from None
+
+    def fallback_of(self, spec: StrategySpec) -> StrategySpec | None:
+        """The chain deployed instead of ``spec``'s where it looks forward better: its
+        fallback kind with default settings, warm-started as ``spec`` is (so that in the
+        paper's protocol the fallback is the base model from scratch too). The run's own
+        strategy with those settings when it has one (its cells serve both), else a chain
+        of its own, labelled ``LABEL.KIND``."""
+        if spec.fallback is None:
+            return None
+        default = self._default(spec.fallback)
+        same = {"label", "family", "warm_start"}
+        for other in self.strategies:
+            if other.warm == spec.warm and other.model_dump(exclude=same) == default.model_dump(
+                exclude=same
+            ):
+                return other
+        warm = None if default.warm == spec.warm else spec.warm
+        return self._default(spec.fallback, warm).model_copy(
+            update={"label": f"{spec.label}.{spec.fallback}"}
+        )
+
+    def chains(self) -> list[StrategySpec]:
+        """Every chain the run trains: its strategies, and the fallbacks they bring."""
+        out = list(self.strategies)
+        for spec in self.strategies:
+            fallback = self.fallback_of(spec)
+            if fallback is not None and fallback.label not in {x.label for x in out}:
+                out.append(fallback)
+        return out
 
     # -- what each piece is built with -------------------------------------------------------
     def model_settings_of(self, model: str) -> ModelConfig:

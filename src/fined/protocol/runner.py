@@ -36,6 +36,7 @@ from fined.models.trainable import Trainable
 from fined.outputs import read_marker
 from fined.protocol.config import RunConfig
 from fined.protocol.data import ProtocolData
+from fined.protocol.forward import choose_forward
 from fined.protocol.kb_cache import KBCache
 from fined.protocol.run_directory import RunDirectory
 from fined.protocol.strategies import StrategyContext, StrategySpec, step_seed
@@ -51,6 +52,9 @@ class Runner:
         self.directory = RunDirectory(root)
         self.progress = progress or (lambda *a: None)
         self.done = 0
+        # Each chain's records once run or read: a fallback serves both its own strategy and
+        # those it stands behind, and is counted in the progress once.
+        self.chain_records: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
 
     # -- set-up ----------------------------------------------------------------------------
     def open(self) -> None:
@@ -59,7 +63,11 @@ class Runner:
         with the directory claimed (``run``), or in a worker of a run that holds it."""
         c = self.config
         # The KB format too: cells and cached KBs of an older layout cannot be resumed.
-        resolved = c.model_dump(mode="json", exclude={"quick", "device"}) | {"kb_format": FORMAT}
+        # (model_format 2: FINED models with the adaptor's opening; earlier cells do not load)
+        resolved = c.model_dump(mode="json", exclude={"quick", "device"}) | {
+            "kb_format": FORMAT,
+            "model_format": 2,
+        }
         self.device = resolve_device(c.device)
         stored = self.directory.check_config(resolved)
         self.store = self._store()
@@ -97,14 +105,14 @@ class Runner:
         # each variant and seed, and those a strategy rebuilds each period.
         builds = {
             self.kbs.name(c.kb_config(spec), seed, through)
-            for spec in c.strategies
+            for spec in c.chains()
             if spec.uses_kb
             for seed in c.seeds
             for through in (
                 [t - 1 for t in self.steps] if spec.strategy.rebuilds_kb else [self.s - 1]
             )
         }
-        cells = len(c.seeds) * len(c.models) * (1 + len(c.strategies) * len(self.steps))
+        cells = len(c.seeds) * len(c.models) * (1 + len(c.chains()) * len(self.steps))
         self.total = cells + len(builds)
         if stored is None:
             self.directory.write_config(resolved)
@@ -209,6 +217,21 @@ class Runner:
 
     # -- one strategy's chain over the periods -----------------------------------------------
     def chain(self, spec: StrategySpec, model: str, seed: int) -> list[dict[str, Any]]:
+        """The strategy's records, period by period; with a fallback, each period the model
+        of whichever of the two chains looks forward better (``fined.protocol.forward``)."""
+        own = self._chain(spec, model, seed)
+        fallback = self.config.fallback_of(spec)
+        if fallback is None:
+            return own
+        return choose_forward(own, self._chain(fallback, model, seed))
+
+    def _chain(self, spec: StrategySpec, model: str, seed: int) -> list[dict[str, Any]]:
+        key = (spec.label, model, seed)
+        if key not in self.chain_records:
+            self.chain_records[key] = self._train_chain(spec, model, seed)
+        return self.chain_records[key]
+
+    def _train_chain(self, spec: StrategySpec, model: str, seed: int) -> list[dict[str, Any]]:
         strategy = spec.strategy(spec, self.context(spec, model, seed))
         chain = self.directory.chain(spec.label, model, seed)
         warmup = self.directory.warmup(model, seed)

@@ -57,8 +57,8 @@ def markdown(
         "## Summary",
         "",
         "| model | strategy | test AUC | RelaImpr | LogLoss | gAUC | BWT | held-out AUC | "
-        "bytes kept | cost s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "forward AUC | bytes kept | cost s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary.iter_rows(named=True):
         lines.append(
@@ -66,15 +66,26 @@ def markdown(
             f"{r['relaimpr']:+.2f} % | {_pm(r['logloss_mean'], r['logloss_std'])} | "
             f"{_pm(r['gauc_mean'], r['gauc_std'])} | {_pm(r['bwt_mean'], r['bwt_std'])} | "
             f"{_pm(r['held_out_auc_mean'], r['held_out_auc_std'])} | "
+            f"{_pm(r['forward_auc_mean'], r['forward_auc_std'])} | "
             f"{_bytes(r['bytes_kept'])} | {r['train_seconds'] + r['kb_seconds']:.0f} |"
         )
     lines += ["", "## Where FINED stands", ""] + _verdicts(summary, run.baseline, run.knowledge)
     lines += ["", "## Chosen on validation", ""] + [
-        f"- {w['model']}: **{w['best']}** has the best held-out AUC (+{w['margin']:.4f} over "
+        f"- {w['model']}: **{w['best']}** has the best {w['figure']} AUC (+{w['margin']:.4f} over "
         f"{w['second']}); on the test periods {w['best']} {w['best_test']:.4f}, {w['second']} "
         f"{w['second_test']:.4f} (best on test: {w['test_best']})."
         for w in validation_winners(summary)
     ]
+    lines += [
+        "",
+        "Forward AUC: each model of t-1 on the period t it had not yet trained on, for every "
+        "step but the first (every test but the last): the test's question, asked of periods "
+        "before the last. Held-out AUC (the slices of every period trained on) rewards "
+        "remembering, and points the wrong way on logs where the past does not pay.",
+    ]
+    deployed = _deployed(results)
+    if deployed:
+        lines += ["", "## Deployed each period", ""] + deployed
     lines += ["", "## Test AUC per period (mean over seeds)", ""]
     per = results.group_by("strategy", "model", "test_period").agg(pl.col("auc").mean())
     tests = [periods[t + 1] for t in steps]
@@ -95,6 +106,25 @@ def markdown(
     if run.knowledge:
         lines += ["", "![the knowledge base's patterns](figures/kb_patterns.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _deployed(results: pl.DataFrame) -> list[str]:
+    """For strategies with a fallback: which model each period deployed, and what the
+    strategy's own model alone scored on the test."""
+    lines = []
+    backed = results.filter(pl.col("deployed") != pl.col("strategy"))
+    labels = backed["strategy"].unique().to_list()
+    pairs = results.filter(pl.col("strategy").is_in(labels)).select("model", "strategy")
+    for model, strategy in pairs.unique(maintain_order=True).iter_rows():
+        part = results.filter((pl.col("model") == model) & (pl.col("strategy") == strategy))
+        own = int((part["deployed"] == strategy).sum())
+        deployed, alone = float(part["auc"].mean()), float(part["candidate_auc"].mean())  # type: ignore[arg-type]
+        lines.append(
+            f"- {model} {strategy}: its own model in {own} of {part.height} (seed, period) "
+            f"cells, its fallback in the rest; test AUC as deployed {deployed:.4f}, its own "
+            f"model alone {alone:.4f}."
+        )
+    return lines
 
 
 def _verdicts(summary: pl.DataFrame, baseline: str, knowledge: list[str]) -> list[str]:

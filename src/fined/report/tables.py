@@ -23,14 +23,20 @@ from fined.train.metrics import rela_impr
 RESULT_COLUMNS = [
     "strategy", "kind", "model", "seed", "t", "period", "test_period", "auc", "logloss",
     "gauc", "valid_auc", "best_epoch", "epochs", "train_rows", "train_seconds", "kb_seconds",
-    "bytes_kept",
+    "bytes_kept", "deployed", "candidate_auc",
 ]  # fmt: skip
 
 
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    """A record as a results row; a chain without a fallback deploys its own model."""
+    alone = {"kb_seconds": 0.0, "deployed": r["strategy"], "candidate_auc": r["auc"]}
+    return {k: r[k] if k in r else alone[k] for k in RESULT_COLUMNS}
+
+
 def results_table(records: list[dict[str, Any]], order: list[str]) -> pl.DataFrame:
-    rows = [{k: r.get(k, 0.0) if k == "kb_seconds" else r[k] for k in RESULT_COLUMNS}
-            for r in records]  # fmt: skip
-    frame = pl.DataFrame(rows, schema_overrides={"valid_auc": pl.Float64, "gauc": pl.Float64})
+    rows = [_row(r) for r in records]
+    frame = pl.DataFrame(rows, schema_overrides={"valid_auc": pl.Float64, "gauc": pl.Float64,
+                                                 "candidate_auc": pl.Float64})  # fmt: skip
     rank = {name: i for i, name in enumerate(order)}
     return (
         frame.with_columns(pl.col("strategy").replace_strict(rank).alias("_o"))
@@ -88,6 +94,10 @@ def bwt_table(forgetting: pl.DataFrame, s: int) -> pl.DataFrame:
 def summary_table(
     results: pl.DataFrame, bwt: pl.DataFrame, baseline: str, order: list[str]
 ) -> pl.DataFrame:
+    """``forward_auc``: the validation figure that asks the test's question without a test
+    period of its own (``fined.protocol.forward``): the mean AUC of each model of t-1 on
+    P_t, t after the first step; that is, every test but the last (NaN with one step)."""
+    last = pl.col("t") == pl.col("t").max().over("strategy", "model", "seed")
     per_seed = (
         results.group_by("strategy", "model", "seed")
         .agg(
@@ -99,8 +109,16 @@ def summary_table(
             pl.col("kb_seconds").sum(),
         )
         .join(bwt, on=["strategy", "model", "seed"])
+        .join(
+            results.filter(~last)
+            .group_by("strategy", "model", "seed")
+            .agg(pl.col("auc").mean().alias("forward_auc")),
+            on=["strategy", "model", "seed"],
+            how="left",
+        )
+        .with_columns(pl.col("forward_auc").fill_null(math.nan))
     )
-    measures = ("auc", "logloss", "gauc", "bwt", "held_out_auc")
+    measures = ("auc", "logloss", "gauc", "bwt", "held_out_auc", "forward_auc")
     std = [pl.col(m).std(ddof=1).fill_null(0.0).alias(f"{m}_std") for m in measures]
     mean = [pl.col(m).mean().alias(f"{m}_mean") for m in measures]
     summary = per_seed.group_by("strategy", "model").agg(
@@ -122,7 +140,8 @@ def summary_table(
     columns = [
         "strategy", "model", "seeds", "auc_mean", "auc_std", "relaimpr", "logloss_mean",
         "logloss_std", "gauc_mean", "gauc_std", "bwt_mean", "bwt_std", "held_out_auc_mean",
-        "held_out_auc_std", "bytes_kept", "train_seconds", "kb_seconds",
+        "held_out_auc_std", "forward_auc_mean", "forward_auc_std", "bytes_kept",
+        "train_seconds", "kb_seconds",
     ]  # fmt: skip
     return (
         summary.with_columns(
@@ -157,18 +176,24 @@ def frontier_table(summary: pl.DataFrame, families: dict[str, str]) -> pl.DataFr
 
 
 def validation_winners(summary: pl.DataFrame) -> list[dict[str, Any]]:
-    """Per model: the strategy with the best held-out AUC over the periods seen (validation
-    only), its margin over the runner-up, and the test AUC of both."""
+    """Per model: the strategy with the best forward AUC (its models of t-1 on P_t: the
+    test's question, asked of the periods before the last; with one step, where there is no
+    such figure, the held-out AUC over the periods seen), its margin over the runner-up, and
+    the test AUC of both."""
     out = []
+    forward = not summary["forward_auc_mean"].is_nan().all()
+    figure = "forward_auc_mean" if forward else "held_out_auc_mean"
     for model in summary["model"].unique(maintain_order=True).to_list():
-        rows = summary.filter(pl.col("model") == model).sort("held_out_auc_mean", descending=True)
+        rows = summary.filter(pl.col("model") == model).sort(figure, descending=True,
+                                                             nulls_last=True)  # fmt: skip
         best = rows.row(0, named=True)
         second = rows.row(1, named=True) if rows.height > 1 else best
         out.append(
             {
                 "model": model,
+                "figure": "forward" if forward else "held-out",
                 "best": best["strategy"],
-                "margin": best["held_out_auc_mean"] - second["held_out_auc_mean"],
+                "margin": best[figure] - second[figure],
                 "second": second["strategy"],
                 "best_test": best["auc_mean"],
                 "second_test": second["auc_mean"],

@@ -4,14 +4,17 @@
   the best epoch's validation metric (the held-out tails of the training periods, or what
   ``valid`` names). The test periods are not given to it.
 - ``RunObjective``: the continual protocol with one strategy and the trial's settings;
-  judged by that strategy's held-out AUC over every period trained on (mean over models and
-  seeds): held-out slices of training periods only.
+  judged by that strategy's forward AUC (mean over models and seeds): how each of its models
+  of t-1 scored P_t, over every step but the first; the last period, every chain's final
+  test, plays no part. (The held-out slices of the periods trained on, the figure before,
+  reward remembering: on a log where the past does not pay they chose the wrong strategy.)
 
 Both are picklable (trials may run in worker processes) and resume a trial cut short.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +102,14 @@ class RunObjective:
         summary = Runner(config, directory).run()
         row = summary.filter(pl.col("strategy") == self.strategy)
         held_out = float(row["held_out_auc_mean"].mean())
-        return {"held_out_auc": held_out, "objective": held_out}
+        forward = float(row["forward_auc_mean"].mean())
+        if math.isnan(forward):
+            raise FinedError(
+                f"{self.config}: one step (kb_periods to the last period) leaves no forward "
+                "AUC to tune on: a trial is judged by how its models of t-1 score P_t, which "
+                "needs at least two steps"
+            )
+        return {"held_out_auc": held_out, "forward_auc": forward, "objective": forward}
 
 
 def _label(entry: Any) -> str:

@@ -49,7 +49,9 @@ class SyntheticOptions(StrictModel):
     main_effect: float = Field(0.3, ge=0.0)
     bias: float = -0.6
     regimes: list[list[int]] | None = None  # active pattern indices per period
-    drift: float = Field(0.05, ge=0.0, le=1.0)  # share of id ranks taken by new ids per period
+    # Share of id ranks taken by new ids per period: one share for every field, or one per
+    # field (a log whose users are mostly new each day: ``[0.9, 0.5, 0.05, ...]``).
+    drift: float | list[float] = 0.05
     start: date = date(2024, 1, 1)
     seed: int = 0
 
@@ -61,6 +63,11 @@ class SyntheticOptions(StrictModel):
             )
         if any(o < 2 or o > self.n_fields for o in self.pattern_orders):
             raise ValueError("pattern_orders must lie between 2 and n_fields")
+        shares = self.drift if isinstance(self.drift, list) else [self.drift]
+        if isinstance(self.drift, list) and len(self.drift) != self.n_fields:
+            raise ValueError(f"drift has {len(self.drift)} entries for {self.n_fields} fields")
+        if any(not 0.0 <= x <= 1.0 for x in shares):
+            raise ValueError("drift shares must lie between 0 and 1")
         if self.regimes is not None and len(self.regimes) != self.n_periods:
             raise ValueError(
                 f"regimes has {len(self.regimes)} entries for {self.n_periods} periods"
@@ -133,11 +140,13 @@ class SyntheticSource(BaseSource):
         out = []
         current = [np.arange(c) for c in self.card]
         next_new = [int(c) for c in self.card]
+        o = self.o
+        shares = o.drift if isinstance(o.drift, list) else [o.drift] * o.n_fields
         for t in range(self.o.n_periods):
-            if t > 0 and self.o.drift > 0:
+            if t > 0 and any(shares):
                 for j, ids in enumerate(current):
                     ids = ids.copy()
-                    moved = rng.random(len(ids)) < self.o.drift
+                    moved = rng.random(len(ids)) < shares[j]
                     n_new = int(moved.sum())
                     ids[moved] = np.arange(next_new[j], next_new[j] + n_new)
                     next_new[j] += n_new

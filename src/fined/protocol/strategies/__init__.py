@@ -50,6 +50,10 @@ class StrategySpec(StrictModel):
     label: str = ""  # default: the kind
     warm_start: bool | None = None  # None: the kind's default
     family: str = ""  # its line in the AUC-vs-bytes figure (default: the kind)
+    # A strategy kind trained beside this one (its default settings) and deployed instead in
+    # each period where its forward record is the better one (``fined.protocol.forward``);
+    # None: this chain alone.
+    fallback: str | None = None
 
     @model_validator(mode="after")
     def _default_label(self) -> StrategySpec:

@@ -51,6 +51,11 @@ class FinedSpec(StrategySpec):
     # The bytes kept from the past in all: a reservoir of past rows fills what the KB leaves
     # (None: the KB alone, no reservoir).
     budget_bytes: int | None = Field(None, ge=1)
+    # Never below the base model: each period, the base model alone, warm-started from its
+    # own chain (``incremental``), is deployed instead where it has the better forward
+    # record (how its models of t-1 scored P_t; ``fined.protocol.forward``). Null: FINED's
+    # model alone, whatever the past is worth on this log.
+    fallback: str | None = "incremental"
 
     def adaptor_overrides(self) -> dict[str, Any]:
         """This variant's adaptor settings (its own finetune_lr / kb_distill, where set, on

@@ -1,0 +1,65 @@
+"""Choosing by looking forward: does what was learned through t-1 score period t?
+
+A weight of the past (a KB's pull, a teacher of t-1, a reservoir) helps where the next
+period resembles the past, and the held-out slices of periods already trained on cannot say
+whether it does: they reward remembering. The question a test asks is forward: how well does
+the model of t-1 score P_t? Once P_t's labels are in (we train on them at t), that is known
+without touching any later period: it is the AUC of the chain's model of t-1 on the whole of
+P_t, which the protocol already computes as that model's test.
+
+``forward_record``: those figures of one chain, by t. ``choose_forward``: each period, deploy
+whichever of two chains (a strategy and its fallback) has the better record on rows that were
+later than what it had trained on: the forward AUCs through t, and the current model's AUC on
+the last 10 % of P_t by time (the only such figure at the first period, where both chains
+start from the same warm-up model). Neither chain feeds the other: each goes on from its own
+model, so the choice never changes what either trains, and the choice at t never reads P_t+1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Record = dict[str, Any]
+
+
+def forward_record(records: list[Record]) -> dict[int, float]:
+    """``{t: AUC of the chain's model of t-1 on P_t}`` for every t after the chain's first
+    (the first starts from the shared warm-up model, the same for every chain)."""
+    by_t = {r["t"]: r for r in records}
+    return {t: by_t[t - 1]["auc"] for t in sorted(by_t) if t - 1 in by_t}
+
+
+def forward_score(records: list[Record], t: int) -> float:
+    """The record through period ``t`` of one chain: the mean of its forward AUCs up to t and
+    its model of t's AUC on P_t's held-out tail (rows later than those it trained on)."""
+    figures = [auc for u, auc in forward_record(records).items() if u <= t]
+    current = next(r for r in records if r["t"] == t)
+    figures.append(current["valid_auc"])
+    return sum(figures) / len(figures)
+
+
+def choose_forward(own: list[Record], fallback: list[Record]) -> list[Record]:
+    """``own``'s records, each period replaced by the fallback's model where the fallback's
+    forward score through that period is higher (a tie keeps the fallback: the past has not
+    shown that it pays). What is kept, trained and built is counted for both."""
+    chosen = []
+    base = {r["t"]: r for r in fallback}
+    for mine in sorted(own, key=lambda r: r["t"]):
+        t = mine["t"]
+        other = base[t]
+        keep = forward_score(own, t) > forward_score(fallback, t)
+        deployed = mine if keep else other
+        chosen.append(
+            {
+                **deployed,
+                "strategy": mine["strategy"],
+                "kind": mine["kind"],
+                "deployed": mine["strategy"] if keep else other["strategy"],
+                "candidate_auc": mine["auc"],  # what the strategy alone scored
+                "train_rows": mine["train_rows"] + other["train_rows"],
+                "train_seconds": mine["train_seconds"] + other["train_seconds"],
+                "kb_seconds": mine.get("kb_seconds", 0.0),
+                "bytes_kept": mine["bytes_kept"] + other["bytes_kept"],
+            }
+        )
+    return chosen

@@ -1,0 +1,70 @@
+"""Choosing by looking forward (``fined.protocol.forward``): each period, deploy the chain
+whose models have scored the periods after them better; never read the period a choice is
+tested on."""
+
+from __future__ import annotations
+
+import pytest
+
+from fined.protocol.forward import choose_forward, forward_record, forward_score
+
+
+def chain(label: str, valid: list[float], test: list[float], first: int = 1) -> list[dict]:
+    """Records of one chain: at t, the held-out AUC of P_t and the test AUC on P_t+1."""
+    return [
+        {
+            "strategy": label,
+            "kind": label,
+            "t": first + i,
+            "valid_auc": v,
+            "auc": a,
+            "train_rows": 10,
+            "train_seconds": 1.0,
+            "kb_seconds": 0.5 if label == "fined" else 0.0,
+            "bytes_kept": 100 if label == "fined" else 0,
+            "forgetting": {},
+        }  # fmt: skip
+        for i, (v, a) in enumerate(zip(valid, test, strict=True))
+    ]
+
+
+def test_the_forward_record_is_each_model_of_t_minus_1_on_the_period_t() -> None:
+    records = chain("fined", [0.8, 0.8, 0.8], [0.61, 0.62, 0.63])
+    assert forward_record(records) == {2: 0.61, 3: 0.62}
+    # At the first step only the current held-out tail is later than what was trained on.
+    assert forward_score(records, 1) == 0.8
+    assert forward_score(records, 3) == pytest.approx((0.61 + 0.62 + 0.8) / 3)
+
+
+def test_each_period_deploys_the_chain_that_looked_forward_better() -> None:
+    # The strategy wins on its held-out tails (it remembers) but its models score the next
+    # period worse: after the first step the fallback is deployed.
+    own = chain("fined", [0.80, 0.80, 0.80], [0.60, 0.60, 0.60])
+    base = chain("incremental", [0.79, 0.79, 0.79], [0.65, 0.65, 0.65])
+    chosen = choose_forward(own, base)
+    assert [r["deployed"] for r in chosen] == ["fined", "incremental", "incremental"]
+    assert [r["auc"] for r in chosen] == [0.60, 0.65, 0.65]
+    assert [r["candidate_auc"] for r in chosen] == [0.60, 0.60, 0.60]
+    assert all(r["strategy"] == "fined" and r["kind"] == "fined" for r in chosen)
+    # What both chains cost and keep is counted: two models trained, the KB kept.
+    assert chosen[1]["train_seconds"] == 2.0 and chosen[1]["train_rows"] == 20
+    assert chosen[1]["bytes_kept"] == 100 and chosen[1]["kb_seconds"] == 0.5
+
+
+def test_where_the_past_pays_the_strategy_is_deployed_and_a_tie_keeps_the_fallback() -> None:
+    own = chain("fined", [0.80, 0.80, 0.80], [0.70, 0.70, 0.70])
+    base = chain("incremental", [0.80, 0.79, 0.79], [0.65, 0.65, 0.65])
+    chosen = choose_forward(own, base)
+    assert [r["deployed"] for r in chosen] == ["incremental", "fined", "fined"]
+
+
+def test_the_choice_at_t_never_reads_what_it_is_tested_on() -> None:
+    """The test of period t (on P_t+1) changes nothing of what is deployed at t."""
+    own = chain("fined", [0.80, 0.80, 0.80], [0.60, 0.70, 0.60])
+    base = chain("incremental", [0.79, 0.79, 0.79], [0.65, 0.65, 0.65])
+    before = [r["deployed"] for r in choose_forward(own, base)]
+    for t in range(3):
+        flipped = [dict(r) for r in own]
+        flipped[t]["auc"] = 1 - flipped[t]["auc"]
+        after = [r["deployed"] for r in choose_forward(flipped, base)]
+        assert after[: t + 1] == before[: t + 1], t
