@@ -235,6 +235,7 @@ def figure(table: Any, path: Path) -> None:
     ax.axvline(0, color="grey", lw=1)
     ax.axvline(-0.001, color="red", lw=1, ls="--", label="bar: incremental - 0.001")
     ax.set_yticks(y, labels)
+    ax.tick_params(axis="x", labelrotation=30)
     ax.invert_yaxis()
     ax.set_xlabel("test AUC minus incremental's (mean over seeds; bars: std of FINED)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)

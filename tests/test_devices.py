@@ -260,3 +260,29 @@ def test_every_strategy_follows_a_move_of_its_model(kind, data, tmp_path) -> Non
     # The teacher is neither trained nor saved with the model.
     names = {n for n, _ in trainable.named_parameters()} | set(trainable.state_dict())
     assert not any(n.startswith("teacher.") for n in names)
+
+
+def test_a_teacher_with_norms_loads_back_from_a_plain_state_dict() -> None:
+    """The trainer keeps the best epoch's weights and its checkpoints as plain dicts (no
+    version metadata); loading one into a model distilled from a teacher with a batch norm
+    (DIN's Dice) must not meet the teacher's step counter (it did: "Unexpected key(s)
+    teacher...num_batches_tracked", a crash of kd and fined with DIN)."""
+    from fined.models.trainable import Trainable
+    from fined.protocol.distill import Distilled
+
+    class Normed(Trainable):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear, self.norm = torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.norm(self.linear(x)).sum(1)
+
+    student = Normed()
+    student(torch.randn(8, 3))  # running statistics that differ from the defaults
+    wrapped = Distilled(student, student, 0.5)
+    plain = {k: v.clone() for k, v in wrapped.state_dict().items()}
+    wrapped.load_state_dict(plain)
+    assert not any(k.startswith("teacher.") for k in plain)
+    x = torch.randn(5, 3)
+    assert torch.allclose(wrapped.teacher.eval()(x), student.eval()(x))  # same function

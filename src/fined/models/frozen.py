@@ -29,4 +29,10 @@ def frozen_snapshot(module: M) -> M:
             sub.register_buffer(name, None if parameter is None else parameter.detach(),
                                 persistent=False)  # fmt: skip
         sub._non_persistent_buffers_set.update(sub._buffers)
+        if isinstance(sub, nn.modules.batchnorm._NormBase):
+            # A norm that tracks its running statistics puts its step counter back into any
+            # state dict loaded without version metadata (a plain dict, a checkpoint: PyTorch's
+            # compatibility path), where the owner does not expect it. The snapshot is never
+            # trained, and in evaluation a norm reads its running statistics either way.
+            sub.track_running_stats = False
     return snapshot
