@@ -82,17 +82,19 @@ class FinedModel(Trainable):
         tokens = self.adaptor(fields, knowledge) * self.kb_earned.to(fields.dtype, copy=True)
         logits = self.base.interact(torch.cat([fields, tokens], 1), batch)
         parts = {"knowledge": knowledge}
-        if self.training:
+        config = self.adaptor_config
+        if self.training and (config.kb_distill or config.kb_earned):  # else nothing reads them
             with torch.no_grad():
                 past = torch.sigmoid(self.kb.click_logits(knowledge))
                 parts["kb.prob"] = past
-                parts["kb.earned"] = kb_earned(past, batch.label)
+                if config.kb_earned:
+                    parts["kb.earned"] = kb_earned(past, batch.label)
         return Forward(logits, fields, parts)
 
     def auxiliary_step(self, out: Forward) -> None:
         """How far the KB has earned its place: a moving share of the recent batches on
         which it did (``kb_earned``), over about ten steps."""
-        if self.adaptor_config.kb_earned and "kb.earned" in out.parts:
+        if "kb.earned" in out.parts:
             self.kb_earned.lerp_(out.parts["kb.earned"].to(self.kb_earned.dtype), EARNED_STEP)
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -57,7 +57,7 @@ def choose_forward(own: list[Record], fallback: list[Record]) -> list[Record]:
                 **deployed,
                 "strategy": mine["strategy"],
                 "kind": mine["kind"],
-                "deployed": mine["strategy"] if keep else other["strategy"],
+                "deployed": deployed["strategy"],
                 "candidate_auc": mine["auc"],  # what the strategy alone scored
                 "train_rows": mine["train_rows"] + other["train_rows"],
                 "train_seconds": mine["train_seconds"] + other["train_seconds"],

@@ -103,16 +103,17 @@ class Runner:
         )
         # Every KB to build counts as a step of the progress (and of its ETA): the first of
         # each variant and seed, and those a strategy rebuilds each period.
+        chains = c.chains()
         builds = {
             self.kbs.name(c.kb_config(spec), seed, through)
-            for spec in c.chains()
+            for spec in chains
             if spec.uses_kb
             for seed in c.seeds
             for through in (
                 [t - 1 for t in self.steps] if spec.strategy.rebuilds_kb else [self.s - 1]
             )
         }
-        cells = len(c.seeds) * len(c.models) * (1 + len(c.chains()) * len(self.steps))
+        cells = len(c.seeds) * len(c.models) * (1 + len(chains) * len(self.steps))
         self.total = cells + len(builds)
         if stored is None:
             self.directory.write_config(resolved)
