@@ -96,33 +96,34 @@ def synchronize(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_config(batch: int, precision: str, feed: str) -> Any:
+def train_config(batch: int, precision: str, feed: str, graphs: bool = False) -> Any:
     """The trainer's settings of one setting (``feed``: rows resident on the device, or
-    streamed from pinned host memory batch by batch)."""
+    streamed from pinned host memory batch by batch; ``graphs``: train.cuda_graphs)."""
     from fined.train.config import TrainConfig
 
     return TrainConfig(
         batch_size=batch, eval_batch_size=max(batch, 65_536), epochs=1, patience=1,
         progress=False, precision=precision,
-        resident_share=0.5 if feed == "resident" else 0.0,
+        resident_share=0.5 if feed == "resident" else 0.0, cuda_graphs=graphs,
     )  # fmt: skip
 
 
-def measure(name: str, store: Any, batch: int, precision: str, feed: str, args: Any) -> dict:
+def measure(name: str, store: Any, setting: tuple, args: Any) -> dict:
     import torch
 
     from fined.train.trainer import Trainer
 
+    _, batch, precision, feed, graphs = setting
     device = args.device
     train, valid = store.load([0], "train"), store.load([0], "holdout")
     torch.manual_seed(0)
-    trainer = Trainer(build(name, store.feature_map), train_config(batch, precision, feed),
-                      device=device)  # fmt: skip
+    config = train_config(batch, precision, feed, graphs == "on")
+    trainer = Trainer(build(name, store.feature_map), config, device=device)
     warm = train.slice(0, min(len(train), args.warmup * batch))
     trainer.fit(warm, valid.slice(0, min(len(valid), batch)))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    fit = trainer.fit(train, valid)
+    fit = trainer.fit(train, valid)  # a fit's first steps are eager even with graphs on
     synchronize(device)
     started = time.perf_counter()
     trainer.predict(train)
@@ -130,7 +131,7 @@ def measure(name: str, store: Any, batch: int, precision: str, feed: str, args: 
     infer = len(train) / (time.perf_counter() - started)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
     return {"model": name, "batch": batch, "precision": precision, "rows": feed,
-            "train_sps": fit.train_samples_per_second, "infer_sps": infer,
+            "graphs": graphs, "train_sps": fit.train_samples_per_second, "infer_sps": infer,
             "auc": fit.best.get("auc", float("nan")), "peak_mb": peak}  # fmt: skip
 
 
@@ -245,21 +246,84 @@ def measure_peer(store: Any, batch: int, args: Any) -> dict:
         infer_sps = len(train) / (time.perf_counter() - started)
         score = auc(valid.label.numpy(), net.predict(inputs(valid), batch_size=65_536).ravel())
     return {"model": "deepctr-torch deepfm", "batch": batch, "precision": "fp32",
-            "rows": "its fit", "train_sps": train_sps, "infer_sps": infer_sps, "auc": score,
-            "peak_mb": 0.0}  # fmt: skip
+            "rows": "its fit", "graphs": "off", "train_sps": train_sps, "infer_sps": infer_sps,
+            "auc": score, "peak_mb": 0.0}  # fmt: skip
 
 
-def plan(args: Any) -> list[tuple[str, int, str, str]]:
-    """Every setting, the targets' first: DeepFM and FINED at the large batch, the peer."""
+def plan(args: Any) -> list[tuple[str, int, str, str, str]]:
+    """Every setting ``(model, batch, precision, rows, graphs)``, the targets' first: DeepFM
+    and FINED at both batches (on a GPU with CUDA graphs on, then off), the peer, then the
+    other models, then DeepFM's rows streamed from the host."""
     batches = sorted(args.batches, reverse=True)
-    feeds = ["resident", "streamed"] if args.device.type == "cuda" else ["resident"]
-    first = [(m, batches[0], p, "resident") for m in ("deepfm", "fined") if m in args.models
+    cuda = args.device.type == "cuda"
+    graphs = args.graphs if cuda else ["off"]
+    targets = [m for m in ("deepfm", "fined") if m in args.models]
+    first = [(m, b, p, "resident", g) for g in graphs for b in batches for m in targets
              for p in args.precisions]  # fmt: skip
     if args.peer:
-        first += [("peer", b, "fp32", "its fit") for b in batches]
-    rest = [(m, b, p, f) for m in args.models for b in batches for p in args.precisions
-            for f in (feeds if m == "deepfm" else ["resident"])]  # fmt: skip
+        first += [("peer", b, "fp32", "its fit", "off") for b in batches]
+    rest = [(m, b, p, "resident", graphs[0]) for m in args.models for b in batches
+            for p in args.precisions]  # fmt: skip
+    if cuda and "deepfm" in args.models:
+        rest += [("deepfm", b, p, "streamed", g) for b in batches for p in args.precisions
+                 for g in graphs]  # fmt: skip
     return first + [s for s in rest if s not in first]
+
+
+def step_profile(name: str, store: Any, batch: int, precision: str, args: Any) -> str:
+    """Where a step's time goes: the top kernels (or CPU ops) of a few eager steps by their
+    own time; for FINED, the frozen KB's query alone against a whole step too."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from fined.train.optim import build_optimizer
+    from fined.train.step import EpochSums, TrainingPass, TrainStep
+
+    device = args.device
+    torch.manual_seed(0)
+    model = build(name, store.feature_map).to(device).train()
+    rows = store.load([0], "train").slice(0, batch).to(device)
+    config = train_config(batch, precision, "resident")
+    autocast = lambda: torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")  # noqa: E731
+    optimizer = build_optimizer(model.parameter_groups(), "adam", 1e-3, 0.0, set())
+    sums = EpochSums(torch.zeros((), dtype=torch.float64, device=device))
+    step = TrainStep(TrainingPass(model), model, optimizer, config, autocast, sums)
+
+    def timed(fn: Any, n: int = 10) -> float:
+        fn()
+        synchronize(device)
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        synchronize(device)
+        return (time.perf_counter() - started) / n * 1000
+
+    def query() -> None:
+        with autocast():
+            model.knowledge(rows)  # type: ignore[operator]
+
+    step_ms = timed(lambda: step(rows))
+    head = f"{name} eager step at batch {batch} {precision}: {step_ms:.2f} ms"
+    if name == "fined":
+        kb_ms = timed(query)
+        head += f"; the frozen KB's query alone {kb_ms:.2f} ms ({kb_ms / step_ms:.0%} of the step)"
+        if precision == "fp32":  # the CPU's in-place path (norms folded into products) here
+            kb = model.kb  # type: ignore[union-attr]
+
+            def in_place() -> None:
+                fields = kb.extractor.embedding(kb._known(rows))
+                kb.encoder.frozen_means(fields, kb.extractor.frozen_gates(fields))
+
+            head += f"; by the in-place path {timed(in_place):.2f} ms"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])  # fmt: skip
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step(rows)
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=60)
+    return f"{head}\n{table}"
 
 
 def main() -> None:
@@ -273,10 +337,14 @@ def main() -> None:
     parser.add_argument("--no-peer", dest="peer", action="store_false")
     parser.add_argument("--budget-s", type=float, default=330.0, help="stop starting settings")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--graphs", default="on,off", help="CUDA graphs: on, off or both")
+    parser.add_argument("--no-profile", dest="profile", action="store_false",
+                        help="skip the profile of a DeepFM and a FINED step")  # fmt: skip
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     args.precisions = args.precisions.split(",")
     args.models = args.models.split(",")
+    args.graphs = args.graphs.split(",")
 
     import torch
 
@@ -293,6 +361,7 @@ def main() -> None:
     started = time.perf_counter()
     name = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "CPU"
     results: list[dict] = []
+    profiles: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         prepare_data(args.rows, Path(tmp) / "criteo")
         stores = {"criteo": PeriodStore(Path(tmp) / "criteo")}
@@ -301,40 +370,51 @@ def main() -> None:
             stores["history"] = PeriodStore(Path(tmp) / "history")
         rows = len(stores["criteo"].load([0], "train"))
         print(f"device {args.device} ({name}), torch {torch.__version__}; {rows:,} training rows")
-        print("| model | batch | precision | rows | train samples/s | ms/step | infer samples/s "
-              "| AUC | peak MB |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+        print("| model | batch | precision | rows | CUDA graphs | train samples/s | steps/s "
+              "| ms/step | infer samples/s | AUC | peak MB |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
         skipped = []
-        for model, batch, precision, feed in plan(args):
+        profiled = set() if args.profile else {"deepfm", "fined"}
+        for setting in plan(args):
             if time.perf_counter() - started > args.budget_s:
-                skipped.append(f"{model}/{batch}/{precision}/{feed}")
+                skipped.append("/".join(map(str, setting)))
                 continue
+            model, batch = setting[:2]
             store = stores["history" if model == "din" else "criteo"]
             if model == "peer":
                 r = measure_peer(store, batch, args)
             else:
-                r = measure(model, store, batch, precision, feed, args)
+                r = measure(model, store, setting, args)
             results.append(r)
-            step_ms = 1000 * r["batch"] / r["train_sps"] if r["train_sps"] else float("nan")
+            steps = r["train_sps"] / r["batch"]
             print(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['rows']} "
-                  f"| {r['train_sps']:,.0f} | {step_ms:.2f} | {r['infer_sps']:,.0f} "
+                  f"| {r['graphs']} | {r['train_sps']:,.0f} | {steps:,.1f} "
+                  f"| {1000 / steps if steps else float('nan'):.2f} | {r['infer_sps']:,.0f} "
                   f"| {r['auc']:.4f} | {r['peak_mb']:,.0f} |", flush=True)  # fmt: skip
+            if model in ("deepfm", "fined") and model not in profiled:  # the first setting's
+                profiled.add(model)
+                profiles.append(step_profile(model, store, batch, r["precision"], args))
     print(ratios(results))
+    print("\n".join(profiles))
     if skipped:
         print(f"skipped (budget {args.budget_s:.0f} s spent): {', '.join(skipped)}")
     if args.json:
         args.json.write_text(json.dumps({"device": name, "torch": torch.__version__,
-                                         "results": results}, indent=1))  # fmt: skip
+                                         "results": results, "profiles": profiles},
+                                        indent=1))  # fmt: skip
 
 
 def ratios(results: list[dict]) -> str:
-    """The issue's figures: DeepFM bf16 against the peer, FINED's step against DeepFM's."""
+    """The issue's figures: DeepFM bf16 against the peer, FINED's step against DeepFM's, bf16
+    against fp32, and what CUDA graphs buy (rows resident; graphs on where measured)."""
 
-    def sps(model: str, batch: int, precision: str) -> float | None:
-        for r in results:
-            if (r["model"], r["batch"], r["precision"], r["rows"]) == (model, batch, precision,
-                                                                        "resident"):  # fmt: skip
-                return r["train_sps"]
-        return None
+    def sps(model: str, batch: int, precision: str, graphs: str | None = None) -> float | None:
+        key = (model, batch, precision, "resident")
+        found = {r["graphs"]: r["train_sps"] for r in results
+                 if (r["model"], r["batch"], r["precision"], r["rows"]) == key}  # fmt: skip
+        if graphs is not None:
+            return found.get(graphs)
+        return found.get("on", found.get("off"))
 
     lines = []
     for batch in sorted({r["batch"] for r in results}):
@@ -344,11 +424,20 @@ def ratios(results: list[dict]) -> str:
         if deepfm and peer:
             lines.append(f"batch {batch}: DeepFM bf16 trains at {deepfm / peer[0]:.1f}x "
                          "DeepCTR-Torch's DeepFM (fp32, its fit)")  # fmt: skip
-        for precision in ("fp32", "bf16"):
-            base, fined = sps("deepfm", batch, precision), sps("fined", batch, precision)
-            if base and fined:
-                lines.append(f"batch {batch} {precision}: a FINED-DeepFM step costs "
-                             f"{base / fined:.2f}x a DeepFM step")  # fmt: skip
+        for graphs in ("on", "off"):
+            for precision in ("fp32", "bf16"):
+                base = sps("deepfm", batch, precision, graphs)
+                fined = sps("fined", batch, precision, graphs)
+                if base and fined:
+                    lines.append(f"batch {batch} {precision} graphs {graphs}: a FINED-DeepFM "
+                                 f"step costs {base / fined:.2f}x a DeepFM step")  # fmt: skip
+        for model in sorted({r["model"] for r in results if r["batch"] == batch}):
+            fp32, bf16 = sps(model, batch, "fp32"), sps(model, batch, "bf16")
+            if fp32 and bf16:
+                lines.append(f"batch {batch} {model}: bf16 / fp32 = {bf16 / fp32:.2f}")
+            on, off = sps(model, batch, "bf16", "on"), sps(model, batch, "bf16", "off")
+            if on and off:
+                lines.append(f"batch {batch} {model} bf16: CUDA graphs on / off = {on / off:.2f}")
     return "\n".join(lines)
 
 

@@ -91,13 +91,14 @@ def test_every_setting_the_gpu_benchmark_plans_runs(tmp_path) -> None:
     stores = {name: PeriodStore(tmp_path / name) for name in ("criteo", "history")}
     planned = argparse.Namespace(
         device=torch.device("cuda"), batches=[8192, 65536], precisions=["fp32", "bf16"],
-        models=gpu.MODELS, peer=False,
+        models=gpu.MODELS, peer=False, graphs=["on", "off"],
     )  # fmt: skip
     settings = gpu.plan(planned)
-    assert {feed for *_, feed in settings} == {"resident", "streamed"}
-    assert {model for model, *_ in settings} == set(gpu.MODELS)
+    assert {setting[3] for setting in settings} == {"resident", "streamed"}
+    assert {setting[4] for setting in settings} == {"on", "off"}  # CUDA graphs on and off
+    assert {setting[0] for setting in settings} == set(gpu.MODELS)
     here = argparse.Namespace(device=torch.device("cpu"), warmup=1)
-    for model, batch, precision, feed in settings:
-        store = stores["history" if model == "din" else "criteo"]
-        r = gpu.measure(model, store, batch, precision, feed, here)
-        assert r["train_sps"] > 0 and 0 < r["auc"] < 1, (model, batch, precision, feed)
+    for setting in settings:
+        store = stores["history" if setting[0] == "din" else "criteo"]
+        r = gpu.measure(setting[0], store, setting, here)
+        assert r["train_sps"] > 0 and 0 < r["auc"] < 1, setting

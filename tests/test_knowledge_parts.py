@@ -311,3 +311,17 @@ def test_kb_takes_the_trainers_embedding_penalty(tmp_path) -> None:
     fields = kb.extractor.embedding(kb._known(batch))
     assert torch.allclose(embedding_penalty(out.fields), fields.pow(2).sum() / 128)
     assert embedding_penalty(out.fields).requires_grad
+
+
+def test_the_slot_mi_gradient_is_the_same_on_every_call() -> None:
+    """The pairs' vectors are gathered all at once (no pair is read on the host); their
+    gradient must add up in a fixed order: with ``v[:, pairs]`` (an accumulating put on the
+    CPU) the same seed gave other gradients, and a KB build other gates, run to run."""
+    mi = SlotMI("club", slots=12, dim=16, pairs=32)
+    v = torch.randn(4096, 12, 16, requires_grad=True)
+    grads = []
+    for _ in range(4):
+        torch.manual_seed(3)
+        (grad,) = torch.autograd.grad(mi(v), v)
+        grads.append(grad)
+    assert all(torch.equal(g, grads[0]) for g in grads[1:])

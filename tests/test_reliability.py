@@ -662,3 +662,27 @@ def test_smaller_defects(tmp_path, capsys) -> None:
     modes = {p.name: p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
     assert modes["feature_map.json"] == 0o640 and modes["000.parquet"] == 0o640, modes
     assert modes["data"] == 0o750 and modes["periods"] == 0o750, modes
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path) -> None:
+    """Nine levels of ten aliases under a prepare config's options (10^9 values once
+    expanded) held 2 GB and hung; a value that refers to itself likewise. Each is one
+    `error:` line, exit 2, nothing written; a plain alias still reads."""
+    levels = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    bomb = "\n".join(["dataset: synthetic", "options:", "  n_rows: 1000", "  regimes:"]
+                     + [f"    {line}" for line in levels])  # fmt: skip
+    selfish = "dataset: synthetic\noptions: &o {n_rows: 1000, again: *o}\n"
+    for name, text in (("bomb", bomb), ("self", selfish)):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(text)
+        out = tmp_path / f"{name}-data"
+        cmd = [sys.executable, "-m", "fined.cli", "data", "prepare", str(config), "--out",
+               str(out)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and f"error: {config}: invalid YAML" in proc.stderr
+        assert not out.exists()
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("dataset: synthetic\noptions: {n_rows: &n 1000, n_periods: 2, seed: *n}\n")
+    assert main(["data", "prepare", str(plain), "--out", str(tmp_path / "plain-data")]) == 0

@@ -123,17 +123,76 @@ def parse_model(model: type[M], data: Any, where: str) -> M:
 _MODELS: dict[str, type[BaseModel]] = {}  # StrictModel subclasses by name, as defined
 
 
+# A config holds hundreds of values; aliases that expand past this are an alias bomb (nine
+# levels of ten aliases: 10^9 values, which validating would walk for ever).
+MAX_YAML_VALUES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document whose aliases expand to more than
+    ``MAX_YAML_VALUES`` values, or refer to themselves, before anything is built from it."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            _expanded_size(node)
+        return node
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Values in ``root`` with every alias expanded, counted over the node graph (each node
+    once, so that an alias bomb is measured without being expanded)."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, closing = stack.pop()
+        children = _children(node)
+        if closing:
+            open_.discard(id(node))
+            sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in children), MAX_YAML_VALUES + 1)
+            if sizes[id(node)] > MAX_YAML_VALUES:
+                raise yaml.YAMLError(
+                    f"aliases expand to more than {MAX_YAML_VALUES:,} values (an alias bomb?)"
+                )
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_:
+            raise yaml.YAMLError("an alias refers to the value that holds it")
+        open_.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with aliases bounded (``_BoundedLoader``)."""
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file; a missing file or a syntax error ends in a FinedError."""
+    """Read a YAML file; a missing file, a syntax error or an alias bomb ends in a
+    FinedError."""
     path = Path(path)
     if not path.is_file():
         raise FinedError(f"{path}: no such file")
     try:
-        return yaml.safe_load(path.read_text())
+        return safe_yaml(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise FinedError(f"{path}: invalid YAML{at}: {getattr(err, 'problem', err)}") from None
+        raise FinedError(
+            f"{path}: invalid YAML{at}: {getattr(err, 'problem', None) or err}"
+        ) from None
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import typer
 import yaml
 from rich.console import Console
 
+from fined.config import safe_yaml
 from fined.errors import FinedError
 
 app = typer.Typer(
@@ -60,7 +61,7 @@ def parse_pairs(pairs: list[str], flag: str) -> dict:
         if not sep or not key:
             raise FinedError(f"{flag} {pair!r}: expected KEY=VALUE")
         try:
-            out[key] = yaml.safe_load(value)
+            out[key] = safe_yaml(value)
         except yaml.YAMLError:
             out[key] = value
     return out

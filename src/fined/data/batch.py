@@ -60,6 +60,15 @@ class Batch:
         }
         return Batch(ids, self.floats, sequences, self.label, self.time, self.group)
 
+    def clone(self) -> Batch:
+        return self._map(torch.clone)
+
+    def copy_(self, other: Batch) -> None:
+        """Overwrite these tensors with ``other``'s (same shapes): a CUDA graph reads its
+        batch from fixed tensors."""
+        for mine, theirs in zip(self.tensors(), other.tensors(), strict=True):
+            mine.copy_(theirs, non_blocking=True)
+
     def to(self, device: torch.device | str) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=True))
 

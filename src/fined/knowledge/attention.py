@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fined.models.layers import normalized_linear, short_softmax, short_softmax_
+from fined.models.layers import ShortLayerNorm, normalized_linear, short_softmax, short_softmax_
 
 
 class FieldAttentionBlock(nn.Module):
@@ -28,10 +28,10 @@ class FieldAttentionBlock(nn.Module):
         if dim % heads:
             raise ValueError(f"dim {dim} must be divisible by heads {heads}")
         self.heads = heads
-        self.attention_norm = nn.LayerNorm(dim)
+        self.attention_norm = ShortLayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
-        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn_norm = ShortLayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Linear(ffn_dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

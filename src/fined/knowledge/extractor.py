@@ -18,7 +18,7 @@ from fined.data.feature_map import FeatureMap
 from fined.knowledge.attention import FieldAttention
 from fined.knowledge.gates import HardConcreteGate
 from fined.models.embedding import FeatureEmbedding
-from fined.models.layers import normalized_linear
+from fined.models.layers import ShortLayerNorm, normalized_linear
 
 # Adam moves every parameter by about lr per step whatever its gradient, so these scales set
 # how fast each part of a gate logit can travel: the (field, slot) prior fast (logits must
@@ -52,7 +52,7 @@ class KnowledgeExtractor(nn.Module):
         # then the L0 penalty closes what it does not need.
         self.gate_init = gate_init
         self.pattern_prior = nn.Parameter(0.05 * torch.randn(self.embedding.num_fields, slots))
-        self.context_norm = nn.LayerNorm(dim)
+        self.context_norm = ShortLayerNorm(dim)
         self.gate_logits = nn.Linear(dim, slots)
         nn.init.zeros_(self.gate_logits.weight)  # instance-wise shifts grow from the prior
         nn.init.zeros_(self.gate_logits.bias)

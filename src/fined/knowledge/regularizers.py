@@ -25,8 +25,9 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 class MIEstimator(nn.Module):
-    """``forward(x, y, cond)`` estimates I(X; Y) from paired rows ``x [N, dx], y [N, dy]``
-    (differentiable in x and y); ``learning_loss`` trains the estimator's own parameters."""
+    """``forward(x, y, cond)`` estimates I(X; Y) from paired rows ``x [..., N, dx], y [...,
+    N, dy]`` (differentiable in x and y); leading axes (slot pairs) are estimated apart and
+    averaged. ``learning_loss`` trains the estimator's own parameters."""
 
     def learning_loss(
         self, x: torch.Tensor, y: torch.Tensor, cond: torch.Tensor | None = None
@@ -67,9 +68,9 @@ class CLUB(MIEstimator):
         self, x: torch.Tensor, y: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         mu, logvar = self._q(x, cond)
-        perm = torch.randperm(y.shape[0], device=y.device)
+        perm = torch.randperm(y.shape[-2], device=y.device)
         positive = -(y - mu).pow(2) / logvar.exp()
-        negative = -(y[perm] - mu).pow(2) / logvar.exp()
+        negative = -(y.index_select(-2, perm) - mu).pow(2) / logvar.exp()
         return 0.5 * (positive - negative).sum(-1).mean()
 
 
@@ -83,20 +84,24 @@ class HSIC(MIEstimator):
 
     @staticmethod
     def _kernel(x: torch.Tensor) -> torch.Tensor:
-        d2 = torch.cdist(x, x).pow(2)
-        med = d2[d2 > 0].median() if (d2 > 0).any() else torch.ones((), device=x.device)
+        d2 = torch.cdist(x, x).pow(2)  # [..., N, N]
+        # The median of the positive distances, 1 when there are none: computed where the
+        # rows are, with no read back to the host (a masked select would wait for the GPU).
+        positive = torch.where(d2 > 0, d2, torch.nan).flatten(-2)
+        med = positive.nanmedian(-1).values.nan_to_num(1.0)[..., None, None]
         return torch.exp(-d2 / (2.0 * med.detach().clamp_min(1e-12)))
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
-        n = x.shape[0]
+        n = x.shape[-2]
         if n > self.max_rows:
             rows = torch.randperm(n, device=x.device)[: self.max_rows]
-            x, y, n = x[rows], y[rows], self.max_rows
+            x, y, n = x.index_select(-2, rows), y.index_select(-2, rows), self.max_rows
         k, l_ = self._kernel(x), self._kernel(y)
-        kc = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
-        return (kc * l_).sum() / (n - 1) ** 2
+        kc = (k - k.mean(-2, keepdim=True) - k.mean(-1, keepdim=True)
+              + k.mean((-2, -1), keepdim=True))  # fmt: skip
+        return ((kc * l_).sum((-2, -1)) / (n - 1) ** 2).mean()
 
 
 def mi_estimator(name: str, dim: int, cond_dim: int = 0, hsic_rows: int = 512) -> MIEstimator:
@@ -128,27 +133,25 @@ class SlotMI(nn.Module):
         shift = torch.randint(1, self.slots, (self.pairs,), device=device)
         return first, (first + shift) % self.slots  # always a different slot
 
-    def _cond(self, a: int, b: int, n: int) -> torch.Tensor | None:
+    def _pair_rows(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(x, y, cond)`` of freshly sampled pairs, all pairs at once: ``x, y [P, B, d]``
+        (the two slots' vectors), ``cond [P, B, 2d]`` (their codes) or None. The pairs are
+        never read on the host: a step does not wait for the device to draw them."""
+        first, second = self._pairs(v.device)
+        # index_select, not v[:, first]: its backward adds rows in a fixed order (the
+        # indexing's accumulating put does not on the CPU: a KB build then varied run to run)
+        x = v.index_select(1, first).transpose(0, 1)
+        y = v.index_select(1, second).transpose(0, 1)
         if self.slot_code is None:
-            return None
-        codes = self.slot_code(torch.tensor([a, b], device=self.slot_code.weight.device))
-        return codes.flatten().expand(n, -1)
+            return x, y, None
+        codes = torch.cat([self.slot_code(first), self.slot_code(second)], -1)  # [P, 2d]
+        return x, y, codes[:, None].expand(-1, v.shape[0], -1)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        first, second = self._pairs(v.device)
-        total = v.new_zeros(())
-        for a, b in zip(first.tolist(), second.tolist(), strict=True):
-            total = total + self.estimator(v[:, a], v[:, b], self._cond(a, b, v.shape[0]))
-        return total / len(first)
+        return self.estimator(*self._pair_rows(v))
 
     def learning_loss(self, v: torch.Tensor) -> torch.Tensor:
-        first, second = self._pairs(v.device)
-        total = v.new_zeros(())
-        for a, b in zip(first.tolist(), second.tolist(), strict=True):
-            total = total + self.estimator.learning_loss(
-                v[:, a], v[:, b], self._cond(a, b, v.shape[0])
-            )
-        return total / len(first)
+        return self.estimator.learning_loss(*self._pair_rows(v))
 
 
 def gaussian_mi(x: torch.Tensor, y: torch.Tensor) -> float:

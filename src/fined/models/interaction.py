@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fined.models.layers import MLP, short_softmax
+from fined.models.layers import MLP, ShortLayerNorm, short_softmax
 
 
 class CrossNetV1(nn.Module):
@@ -151,7 +151,7 @@ class SelfAttentionLayer(nn.Module):
         self.num_heads = num_heads
         self.qkv = nn.Linear(in_dim, 3 * attention_dim, bias=False)  # W_Q, W_K, W_V in one
         self.residual = nn.Linear(in_dim, attention_dim, bias=False) if residual else None
-        self.norm = nn.LayerNorm(attention_dim) if layer_norm else None
+        self.norm = ShortLayerNorm(attention_dim) if layer_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, f, _ = x.shape

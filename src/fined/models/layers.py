@@ -93,6 +93,34 @@ def _exp_is_safe(scores: torch.Tensor) -> bool:
     return bool(low >= -_SAFE_EXPONENT) and bool(high <= _SAFE_EXPONENT)
 
 
+class ShortLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over a short last axis (a field's or a pattern's dozen-odd values),
+    with the same parameters and state dict. Off the CPU it is computed by one reduction and
+    elementwise ops (``short_layer_norm``): PyTorch's kernel gives each row a thread block,
+    which for rows of 16 leaves a GPU mostly idle (3.9 ms for the 2.6 M rows of a 65,536-row
+    FINED batch on an H200, a third of the whole step)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":  # PyTorch's kernel is the faster one there
+            return super().forward(x)
+        return short_layer_norm(x, self.weight, self.bias, self.eps)
+
+
+def short_layer_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """``F.layer_norm`` over the last axis, in fp32 at least (as autocast computes it), by
+    ``var_mean`` and elementwise ops; the result in ``x``'s dtype."""
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    var, mean = torch.var_mean(wide, -1, correction=0, keepdim=True)
+    out = (wide - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out.to(x.dtype)
+
+
 def normalized_linear(
     norm: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor | None, flat: torch.Tensor
 ) -> torch.Tensor:

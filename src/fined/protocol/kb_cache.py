@@ -18,6 +18,7 @@ from fined.io import exclusive
 from fined.knowledge.knowledge_base import KBConfig, KnowledgeBase
 from fined.protocol.run_directory import RunDirectory
 from fined.train.config import KBTrainConfig
+from fined.train.trainer import random_state_kept
 
 
 def variant_key(config: KBConfig) -> str:
@@ -51,9 +52,13 @@ class KBCache:
     def get(
         self, config: KBConfig, seed: int, through: int | None = None, label: str = ""
     ) -> KnowledgeBase:
+        through = self.s - 1 if through is None else through
+        with random_state_kept():  # built or loaded: the caller's next draws are the same
+            return self._get(config, seed, through, label)
+
+    def _get(self, config: KBConfig, seed: int, through: int, label: str) -> KnowledgeBase:
         from fined.train.kb_builder import build_knowledge_base
 
-        through = self.s - 1 if through is None else through
         name = self.name(config, seed, through)
         directory = self.directory.kb(name)
         with exclusive(directory.parent / f".{name}.lock"):

@@ -28,7 +28,7 @@ class DeviceFeed:
         seed: int = 0,
         resident_share: float = 0.5,
     ) -> None:
-        self.device = device
+        self.device, self.batch_size = device, batch_size
         on_gpu = device.type == "cuda"
         self.resident = not on_gpu or data.nbytes <= resident_share * free_memory(device)
         if on_gpu and self.resident:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-import torch
+from fined.train.step import EpochSums
 
 
 class EpochProgress:
@@ -37,13 +37,12 @@ class EpochProgress:
             self.task = self.bar.add_task(self.label, total=self.total, loss=float("nan"), terms="")
         return self
 
-    def advance(
-        self, loss_sum: torch.Tensor, rows: int, term_sums: dict[str, torch.Tensor]
-    ) -> None:
+    def advance(self, sums: EpochSums) -> None:
         """One step done; the running means are read from the device only when shown."""
         if self.enabled:
-            text = " ".join(f"{k} {float(v) / rows:.4g}" for k, v in term_sums.items())
-            self.bar.update(self.task, advance=1, loss=float(loss_sum) / rows, terms=text)
+            loss, terms = sums.means()
+            text = " ".join(f"{k} {v:.4g}" for k, v in terms.items())
+            self.bar.update(self.task, advance=1, loss=loss, terms=text)
 
     def __exit__(self, *exc: object) -> None:
         if self.enabled:

@@ -14,11 +14,12 @@ with the same seed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,20 +27,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from fined import distributed
 from fined.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from fined.data.batch import Batch
 from fined.errors import FinedError
-from fined.models.trainable import Forward, Trainable, embedding_penalty
+from fined.models.trainable import Trainable
 from fined.train.config import TrainConfig
 from fined.train.epoch_log import EpochLog
 from fined.train.feed import DeviceFeed
 from fined.train.metrics import score_metrics
-from fined.train.optim import build_optimizer, clip_gradients, sparse_parameters
+from fined.train.optim import build_optimizer, sparse_parameters
 from fined.train.progress import EpochProgress
 from fined.train.state import TrainerState
+from fined.train.step import EpochSums, GraphedStep, TrainingPass, TrainStep, graph_blocker
 
 LAST = "last.safetensors"
 
@@ -65,16 +66,18 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-class _TrainingPass(nn.Module):
-    """The model's ``forward_train`` as a module's forward, so that DDP wraps the training
-    pass (it only hooks ``forward``); the parameters are the model's own."""
-
-    def __init__(self, model: Trainable) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: Batch) -> Forward:
-        return self.model.forward_train(batch)
+@contextlib.contextmanager
+def random_state_kept() -> Iterator[None]:
+    """Whatever runs inside leaves every generator (Python's, NumPy's, PyTorch's on the CPU
+    and each GPU) as it found it. A KB build seeds and draws for itself; a KB loaded from
+    disk draws initial weights it then overwrites: either way the caller's next draw (a
+    FINED adaptor's initial weights) must not depend on which happened."""
+    python, numpy = random.getstate(), np.random.get_state()
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=gpus):
+        yield
+    random.setstate(python)
+    np.random.set_state(numpy)
 
 
 class Trainer:
@@ -174,12 +177,15 @@ class Trainer:
         log = EpochLog(
             run_dir if self.dist.main else None, c.tensorboard, self.log if self.dist.main else None
         )
+        sums = EpochSums(torch.zeros((), dtype=torch.float64, device=self.device))
+        step = self._step(net, optimizer, sums, batch_size)
         trained_rows = 0
         train_seconds = 0.0
         while state.epoch < c.epochs and not state.stopped(c.patience):
             loader.set_epoch(state.epoch)
             t0 = time.perf_counter()
-            loss, terms = self._train_epoch(net, loader, steps, optimizer, state.epoch)
+            net.train()
+            loss, terms = self._train_epoch(step, sums, loader, steps, state.epoch)
             seconds = time.perf_counter() - t0
             train_seconds += seconds
             trained_rows += min(len(train), steps * batch_size) * self.dist.world
@@ -217,7 +223,7 @@ class Trainer:
         """The module that runs the training pass (a DDP wrapper with several ranks) and the
         per-rank batch size (``batch_size`` stays the global batch, split over the ranks)."""
         c, world = self.config, self.dist.world
-        training_pass = _TrainingPass(self.model)
+        training_pass = TrainingPass(self.model)
         if not self.dist.active:
             return training_pass, c.batch_size
         if c.batch_size % world:
@@ -236,56 +242,38 @@ class Trainer:
                                       process_group=group)  # fmt: skip
         return ddp, c.batch_size // world
 
+    def _step(
+        self, net: nn.Module, optimizer: torch.optim.Optimizer, sums: EpochSums, rows: int
+    ) -> TrainStep | GraphedStep:
+        """The fit's training step; replayed as a CUDA graph where asked and possible."""
+        step = TrainStep(net, self.model, optimizer, self.config, self._autocast, sums)
+        if not self.config.cuda_graphs:
+            return step
+        blocker = graph_blocker(self.model, self.device, self.dist.active)
+        if blocker is None:
+            return GraphedStep(step, rows)
+        if self.log is not None and self.dist.main:
+            self.log(f"train.cuda_graphs: eager steps ({blocker})")
+        return step
+
     def _train_epoch(
         self,
-        net: nn.Module,
+        step: TrainStep | GraphedStep,
+        sums: EpochSums,
         loader: DeviceFeed,
         steps: int,
-        optimizer: torch.optim.Optimizer,
         epoch: int,
     ) -> tuple[float, dict[str, float]]:
-        c = self.config
-        model = self.model
-        net.train()
-        params = list(model.parameters())
-        sparse = bool(sparse_parameters(model))  # torch's clip_grad_norm_ takes dense only
-        # Sums stay on the device in float64 (what Python floats would give) and are read
-        # once, at the end: no step waits for the GPU to report its loss.
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        rows = 0
-        term_sums: dict[str, torch.Tensor] = {}
-        with EpochProgress(steps, f"epoch {epoch}", c.progress and self.dist.main) as bar:
-            for step, batch in enumerate(loader):
-                if step == steps:
+        sums.reset()
+        progress = self.config.progress and self.dist.main
+        with EpochProgress(steps, f"epoch {epoch}", progress) as bar:
+            for i, batch in enumerate(loader):
+                if i == steps:
                     break
-                with self._autocast():
-                    out: Forward = net(batch)
-                    model.auxiliary_step(out)
-                    own = model.own_loss(batch, out)
-                logits = out.logits.float()  # the loss in fp32, whatever the precision
-                loss = F.binary_cross_entropy_with_logits(logits, batch.label) + own.value.float()
-                if c.embedding_l2 > 0:
-                    if out.fields is None:
-                        raise FinedError(
-                            f"train.embedding_l2 is set but {type(model).__name__} has no "
-                            "embedding penalty (its training pass gives no field vectors)"
-                        )
-                    loss = loss + c.embedding_l2 * embedding_penalty(out.fields.float())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if c.grad_clip and sparse:
-                    clip_gradients(params, c.grad_clip)
-                elif c.grad_clip:
-                    nn.utils.clip_grad_norm_(params, c.grad_clip)
-                optimizer.step()
-                n = len(batch)
-                total += loss.detach().double() * n
-                rows += n
-                for k, v in own.terms.items():
-                    term_sums[k] = term_sums.get(k, 0.0) + v.double() * n
-                bar.advance(total, rows, term_sums)
-        means = {k: float(v) / max(rows, 1) for k, v in term_sums.items()}
-        return float(total) / max(rows, 1), means
+                step(batch)
+                sums.rows += len(batch)
+                bar.advance(sums)
+        return sums.means()
 
     # -- checkpoints -------------------------------------------------------------------------
     def _checkpoint(
