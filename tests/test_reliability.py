@@ -33,6 +33,7 @@ from fined.errors import FinedError
 from fined.knowledge.knowledge_base import KBConfig
 from fined.train.config import TrainConfig
 from fined.train.kb_builder import build_knowledge_base
+from fined.train.trainer import Trainer
 
 SMALL = {"embedding_dim": 8, "mlp": [16]}
 SYNTHETIC = {"n_rows": 3000, "n_periods": 4, "n_fields": 4, "cardinality": 30, "seed": 1}
@@ -686,3 +687,36 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path) -> None:
     plain = tmp_path / "plain.yaml"
     plain.write_text("dataset: synthetic\noptions: {n_rows: &n 1000, n_periods: 2, seed: *n}\n")
     assert main(["data", "prepare", str(plain), "--out", str(tmp_path / "plain-data")]) == 0
+
+
+def test_training_that_diverges_stops_naming_the_epoch_and_step(small, tmp_path, capsys) -> None:
+    """An infinite learning rate: the loss goes non-finite on the second step (with one step
+    an epoch, the weights after it). It was a traceback from the AUC ("Input contains NaN");
+    now one line naming where, exit 2, and the model is not written."""
+    out = tmp_path / "run"
+    args = ["train", "--data", small, "--model", "deepfm", "--train-periods", "0:1", "--out",
+            out, "--set", "embedding_dim=8", "--set", "train.lr=.inf", "--set",
+            "train.batch_size=256"]  # fmt: skip
+    assert main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "training diverged: the loss was not finite at step 2 of epoch 0" in err
+    assert not (out / "model.safetensors").exists()
+
+
+def test_one_class_validation_rows_are_refused_before_training(small) -> None:
+    """All-0 validation labels: the AUC that picks epochs is undefined. It ended in a model
+    written with best epoch -1 and a KeyError; now a FinedError before any step."""
+    from fined.models import build_model
+
+    store = PeriodStore(small)
+    valid = store.load([1], "holdout")
+    valid.label = torch.zeros_like(valid.label)
+    trainer = Trainer(build_model("deepfm", store.feature_map, {"embedding_dim": 8}),
+                      TrainConfig(epochs=1, progress=False))  # fmt: skip
+    with pytest.raises(FinedError, match="validation rows are all 0: the AUC that selects"):
+        trainer.fit(store.load([0], "train"), valid)
+    logloss = TrainConfig(epochs=1, progress=False, monitor="logloss")
+    Trainer(build_model("deepfm", store.feature_map, {"embedding_dim": 8}), logloss).fit(
+        store.load([0], "train"), valid
+    )

@@ -180,7 +180,15 @@ class Runner:
     def _evaluate(self, net: Trainable, t: int) -> tuple[dict[str, float], dict[str, float]]:
         """Test metrics on P_{t+1} and the AUC on the held-out slice of every P_i, i <= t."""
         trainer = Trainer(net, self.config.train_config(progress=False), device=self.device)
-        test = trainer.evaluate(self.data.test(t + 1, t))
+        rows = self.data.test(t + 1, t)
+        classes = rows.label.unique()
+        if len(classes) < 2:
+            name = self.data.feature_map.periods[t + 1].name
+            raise FinedError(
+                f"period {name}: its rows are all {classes[0].item():g} (or it has none): the "
+                "test AUC is not defined there; end the run before it (periods.end) or merge it"
+            )
+        test = trainer.evaluate(rows)
         forgetting = {
             str(i): trainer.evaluate(self.data.holdout([i], t))["auc"] for i in range(t + 1)
         }
@@ -199,9 +207,12 @@ class Runner:
         net = self.base_model(model)
         config = self.config.train_config(seed=step_seed(seed, t), progress=False)
         trainer = Trainer(net, config, device=self.device)
-        fit = trainer.fit(
-            self.data.train(past, t), self.data.holdout(past, t), cell / "train", resume=True
-        )
+        try:
+            fit = trainer.fit(
+                self.data.train(past, t), self.data.holdout(past, t), cell / "train", resume=True
+            )
+        except FinedError as err:  # said of the cell it happened in
+            raise FinedError(f"{label}: {err}") from None
         test, forgetting = self._evaluate(net, t)
         record = {
             "model": model,
@@ -256,9 +267,12 @@ class Runner:
             net = strategy.build(t, previous, from_warmup)
             config = self.config.train_config(seed=step_seed(seed, t), progress=False)
             rows = strategy.rows(t)
-            fit = Trainer(strategy.trainable(net), config, device=self.device).fit(
-                rows, self.data.holdout([t], t), cell / "train", resume=True
-            )
+            try:
+                fit = Trainer(strategy.trainable(net), config, device=self.device).fit(
+                    rows, self.data.holdout([t], t), cell / "train", resume=True
+                )
+            except FinedError as err:  # said of the cell it happened in
+                raise FinedError(f"{label}: {err}") from None
             net.eval()
             test, forgetting = self._evaluate(net, t)
             kept = strategy.bytes_kept(net, t)

@@ -44,13 +44,27 @@ class EpochSums:
     loss: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     rows: int = 0
+    steps: torch.Tensor = field(init=False)  # steps taken this epoch
+    first_nonfinite: torch.Tensor = field(init=False)  # the first with a non-finite loss, or -1
+
+    def __post_init__(self) -> None:
+        self.steps = torch.zeros((), dtype=torch.int64, device=self.loss.device)
+        self.first_nonfinite = torch.full((), -1, dtype=torch.int64, device=self.loss.device)
 
     def reset(self) -> None:
         """Zero, in place: a captured step adds to these very tensors."""
         self.loss.zero_()
         for term in self.terms.values():
             term.zero_()
+        self.steps.zero_()
+        self.first_nonfinite.fill_(-1)
         self.rows = 0
+
+    def count(self, loss: torch.Tensor) -> None:
+        """One more step, remembering the first whose loss was not finite (on the device)."""
+        first = (self.first_nonfinite < 0) & ~torch.isfinite(loss)
+        self.first_nonfinite.copy_(torch.where(first, self.steps, self.first_nonfinite))
+        self.steps.add_(1)
 
     def means(self) -> tuple[float, dict[str, float]]:
         rows = max(self.rows, 1)
@@ -111,6 +125,7 @@ class TrainStep:
             nn.utils.clip_grad_norm_(self.params, c.grad_clip)
         self.optimizer.step()
         n = len(batch)
+        self.sums.count(loss.detach())
         self.sums.loss.add_(loss.detach().double() * n)
         for k, v in own.terms.items():
             if k in self.sums.terms:  # in place: a captured step adds to the same tensors

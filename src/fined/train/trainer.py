@@ -160,6 +160,13 @@ class Trainer:
     ) -> FitResult:
         """Train with early stopping on ``valid``; the best epoch's weights are kept."""
         c = self.config
+        if c.monitor == "auc" and not self.dist.active and len(valid):
+            classes = valid.label.unique()
+            if len(classes) < 2:
+                raise FinedError(
+                    f"the validation rows are all {classes[0].item():g}: the AUC that selects "
+                    "epochs is not defined on them (train.monitor=logloss selects by log loss)"
+                )
         run_dir = Path(run_dir) if run_dir is not None else None
         seed_everything(c.seed, c.deterministic)
         optimizer = self._optimizer()
@@ -273,6 +280,17 @@ class Trainer:
                 step(batch)
                 sums.rows += len(batch)
                 bar.advance(sums)
+        # Read once an epoch, as the loss is: the first step whose loss was not finite, and
+        # whether the weights still are (a last step can break them with a finite loss).
+        bad = int(sums.first_nonfinite)
+        finite = bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all())
+        if bad >= 0 or not finite:
+            where = (f"the loss was not finite at step {bad + 1} of epoch {epoch}" if bad >= 0
+                     else f"the weights were not finite after epoch {epoch}")  # fmt: skip
+            raise FinedError(
+                f"training diverged: {where} (train.lr {self.config.lr:g}; a lower rate, or "
+                "train.grad_clip, may hold it); the last finished epoch's checkpoint is kept"
+            )
         return sums.means()
 
     # -- checkpoints -------------------------------------------------------------------------
