@@ -128,7 +128,7 @@ class RunConfig(StrictModel):
     @field_validator("strategies")
     @classmethod
     def _names(cls, strategies: list[StrategySpec]) -> list[StrategySpec]:
-        # Labels name directories of the run: a path ("../x", "/tmp/x") would write outside it.
+        # Labels name directories of the run: a path ("../x", or absolute) would write outside.
         for i, spec in enumerate(strategies):
             if not NAME.fullmatch(spec.label):
                 raise key_error(

@@ -41,6 +41,7 @@ from fined.protocol.kb_cache import KBCache
 from fined.protocol.run_directory import RunDirectory
 from fined.protocol.strategies import StrategyContext, StrategySpec, step_seed
 from fined.train.kb_builder import check_l0_ramp
+from fined.train.metrics import one_class
 from fined.train.trainer import Trainer, seed_everything
 
 Progress = Callable[[int, int, str, str], None]  # (done, total, current step, last result)
@@ -181,12 +182,12 @@ class Runner:
         """Test metrics on P_{t+1} and the AUC on the held-out slice of every P_i, i <= t."""
         trainer = Trainer(net, self.config.train_config(progress=False), device=self.device)
         rows = self.data.test(t + 1, t)
-        classes = rows.label.unique()
-        if len(classes) < 2:
+        undefined = one_class(rows.label)
+        if undefined is not None:
             name = self.data.feature_map.periods[t + 1].name
             raise FinedError(
-                f"period {name}: its rows are all {classes[0].item():g} (or it has none): the "
-                "test AUC is not defined there; end the run before it (periods.end) or merge it"
+                f"period {name}: its rows are {undefined}: the test AUC is not defined there; "
+                "end the run before it (periods.end) or merge it"
             )
         test = trainer.evaluate(rows)
         forgetting = {

@@ -6,9 +6,18 @@ import math
 
 import numpy as np
 import polars as pl
+import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
 _EPS = 1e-7
+
+
+def one_class(label: torch.Tensor) -> str | None:
+    """What makes the AUC of these labels undefined ("all 0", "all 1", "no rows"), or None."""
+    classes = label.unique()
+    if len(classes) == 0:
+        return "no rows"
+    return f"all {classes[0].item():g}" if len(classes) == 1 else None
 
 
 def auc(label: np.ndarray, score: np.ndarray) -> float:

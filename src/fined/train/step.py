@@ -124,9 +124,9 @@ class TrainStep:
         elif c.grad_clip:
             nn.utils.clip_grad_norm_(self.params, c.grad_clip)
         self.optimizer.step()
-        n = len(batch)
-        self.sums.count(loss.detach())
-        self.sums.loss.add_(loss.detach().double() * n)
+        n, loss = len(batch), loss.detach()
+        self.sums.count(loss)
+        self.sums.loss.add_(loss.double() * n)
         for k, v in own.terms.items():
             if k in self.sums.terms:  # in place: a captured step adds to the same tensors
                 self.sums.terms[k].add_(v.double() * n)

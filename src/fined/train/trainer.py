@@ -36,7 +36,7 @@ from fined.models.trainable import Trainable
 from fined.train.config import TrainConfig
 from fined.train.epoch_log import EpochLog
 from fined.train.feed import DeviceFeed
-from fined.train.metrics import score_metrics
+from fined.train.metrics import one_class, score_metrics
 from fined.train.optim import build_optimizer, sparse_parameters
 from fined.train.progress import EpochProgress
 from fined.train.state import TrainerState
@@ -160,13 +160,12 @@ class Trainer:
     ) -> FitResult:
         """Train with early stopping on ``valid``; the best epoch's weights are kept."""
         c = self.config
-        if c.monitor == "auc" and not self.dist.active and len(valid):
-            classes = valid.label.unique()
-            if len(classes) < 2:
-                raise FinedError(
-                    f"the validation rows are all {classes[0].item():g}: the AUC that selects "
-                    "epochs is not defined on them (train.monitor=logloss selects by log loss)"
-                )
+        undefined = one_class(valid.label) if len(valid) else None
+        if c.monitor == "auc" and not self.dist.active and undefined is not None:
+            raise FinedError(
+                f"the validation rows are {undefined}: the AUC that selects epochs is not "
+                "defined on them (train.monitor=logloss selects by log loss)"
+            )
         run_dir = Path(run_dir) if run_dir is not None else None
         seed_everything(c.seed, c.deterministic)
         optimizer = self._optimizer()
