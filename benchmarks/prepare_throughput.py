@@ -9,6 +9,13 @@ Measures, on the synthetic drift source (12 categorical fields, 2 numeric):
 3. ``prepare`` from Parquet files through the ``table`` adapter (the production path: a
    raw log already on disk), in a fresh process for an honest peak RSS;
 4. batching: shuffled 4096-row batches sliced from the loaded periods.
+
+    python benchmarks/prepare_throughput.py --taobao 0.02,0.1
+
+instead prepares Taobao-shaped raw tables (``taobao_tables.py``: the paper's Ali Display log,
+``taobao_ad_raw``, at those fractions of its 723 M behaviour rows) in a fresh process each,
+and states peak RSS, rows/s and the growth of the peak per 10 M behaviour rows, projected to
+the full log.
 """
 
 from __future__ import annotations
@@ -83,6 +90,9 @@ def child(mode: str, rows: int, work: Path) -> dict:
         n = 0
         for batch in BatchLoader(data, 4096, shuffle=True, seed=0):
             n += len(batch)
+    elif mode == "taobao":
+        cfg = PrepareConfig(dataset="taobao_ad_raw", options={"path": str(work / "raw")})
+        n = sum(p.rows for p in prepare(cfg, work / "taobao").periods)
     else:
         raise SystemExit(f"unknown mode {mode}")
     seconds = time.perf_counter() - t0
@@ -99,9 +109,38 @@ def measure(mode: str, rows: int, work: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def taobao(scales: list[float]) -> None:
+    """Peak RSS and rate of ``taobao_ad_raw`` at each fraction of the real log."""
+    from taobao_tables import REAL, write_tables
+
+    rows = []
+    for scale in scales:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            counts = write_tables(work / "raw", scale)
+            size = sum(f.stat().st_size for f in (work / "raw").iterdir()) / 2**30
+            got = measure("taobao", 0, work)
+        events, samples = counts["behavior_log"], counts["raw_sample"]
+        assert got["rows"] == samples, got
+        rows.append((events, samples, size, got["seconds"], got["peak_rss_gb"]))
+    print(f"{'behaviour rows':>15s} {'impressions':>12s} {'CSV':>8s} {'seconds':>8s} "
+          f"{'log rows/s':>12s} {'peak RSS':>9s}")  # fmt: skip
+    for events, samples, size, seconds, peak in rows:
+        print(f"{events:15,d} {samples:12,d} {size:6.2f} GB {seconds:8.1f} "
+              f"{events / seconds:12,.0f} {peak:6.2f} GB")  # fmt: skip
+    for (e0, _, _, _, p0), (e1, _, _, _, p1) in zip(rows, rows[1:], strict=False):
+        growth = (p1 - p0) / (e1 - e0) * 10_000_000
+        full = p1 + growth * (REAL["events"] - e1) / 10_000_000
+        print(
+            f"{e0:,} -> {e1:,} rows: peak RSS grows {growth * 1024:.1f} MB per 10 M "
+            f"behaviour rows; at that rate the full {REAL['events']:,} rows: {full:.2f} GB"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--taobao", help="fractions of the real Taobao log, e.g. 0.02,0.1")
     parser.add_argument("--child")
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
@@ -110,6 +149,9 @@ def main() -> None:
         return
 
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}")
+    if args.taobao:
+        taobao([float(s) for s in args.taobao.split(",")])
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         gen = measure("generate", args.rows, work)

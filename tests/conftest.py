@@ -15,8 +15,10 @@ import pytest
 import torch
 import yaml
 
+import fined.io
 from fined.data.feature_map import FeatureMap
 from fined.data.loader import footer_digest
+from fined.outputs import MARKER
 from fined.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +74,42 @@ def killed_in_epoch(n: int, raises: bool = True) -> Iterator[None]:
             yield
     finally:
         Trainer._train_epoch = original
+
+
+class Killed(BaseException):
+    """A kill, in process: no handler of the library catches it (only ``finally`` blocks
+    and context managers run on the way out, where a SIGKILL would run nothing: they release
+    locks, and remove a directory a start claimed but wrote nothing into)."""
+
+
+@contextlib.contextmanager
+def artefact_writes(root: Path, stop: bool = False) -> Iterator[list[str]]:
+    """Every file under ``root`` whose bytes an atomic write (``fined.io``, which every
+    artefact goes through) changes, listed in order as a path relative to ``root``; the
+    claim marker aside (written at each start). ``stop``: raise ``Killed`` right after each
+    such write, with the file in place: a run started again and again goes one artefact
+    further each time."""
+    written: list[str] = []
+    real = fined.io.os
+
+    class _Os:
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        def replace(self, src, dst) -> None:
+            dst = Path(dst)
+            before = dst.read_bytes() if dst.is_file() else None
+            real.replace(src, dst)
+            if dst.is_relative_to(root) and dst.name != MARKER and dst.read_bytes() != before:
+                written.append(dst.relative_to(root).as_posix())
+                if stop:
+                    raise Killed(written[-1])
+
+    fined.io.os = _Os()
+    try:
+        yield written
+    finally:
+        fined.io.os = real
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -16,6 +16,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 RUNS = {
     "prepare_throughput": (["--rows", "50000"], "batching"),
+    "taobao_tables": (["raw", "--scale", "0.0002"], "'behavior_log': 144654"),
     "throughput": (["--rows", "20000", "--models", "deepfm", "--max-steps", "2"], "deepfm"),
     "movielens_accuracy": (["--seeds", "1", "--models", "deepfm", "--sets", "reduced"], "deepfm"),
     "knowledge": (["--rows", "30000", "--models", "deepfm"], "| deepfm |"),
@@ -57,6 +58,19 @@ def test_benchmark_runs_on_tiny_inputs(name: str, tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert expected in done.stdout, done.stdout[-2000:]
+
+
+def test_the_taobao_memory_benchmark_runs_on_tiny_tables(tmp_path) -> None:
+    """Two sizes prepared through taobao_ad_raw, every impression counted, the growth said."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "prepare_throughput.py"), "--taobao", "0.0001,0.0002"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "72,327 -> 144,654 rows: peak RSS grows" in done.stdout, done.stdout
 
 
 def test_a_failing_benchmark_fails(tmp_path) -> None:

@@ -322,6 +322,10 @@ def _corrupt(tables: dict[str, list[Row]], file: str, row: int, col: int, value)
             lambda root: write_tables(root, _corrupt(HAND, "behavior_log.csv", 0, 2, "click")),
             "unknown value click",
         ),
+        (
+            lambda root: write_tables(root, _corrupt(HAND, "ad_feature.csv", 0, 5, "inf")),
+            "ad_feature.csv: numeric column 'price': row 1 of the input holds inf",
+        ),
     ],
 )
 def test_bad_input_is_a_fined_error(tmp_path: Path, change, message: str) -> None:

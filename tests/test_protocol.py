@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import flip_labels, write_run_config
+from conftest import Killed, artefact_writes, flip_labels, write_run_config
 from fined.cli import main
 from fined.data.loader import PeriodStore
 from fined.data.prepare import prepare
@@ -213,6 +213,45 @@ def test_a_fined_cell_ends_alike_with_its_kb_built_or_found_on_disk(finished, tm
     again = pl.read_csv(out / "results.csv").drop(timing)
     reference = pl.read_csv(finished / "results.csv").drop(timing)
     assert again.equals(reference)
+
+
+def test_a_run_stopped_right_after_each_artefact_it_writes_resumes_to_the_same_results(
+    tmp_path,
+) -> None:
+    """The issue's tiny run (3,000 rows, 4 periods, incremental + fined), stopped right after
+    every file it writes (each epoch's checkpoint and log, the warm-up's model and record,
+    the KB's checkpoints and files, each cell's, the tables, figures and report) and started
+    again in the same process, one artefact further each time: it stops after exactly the
+    writes of an uninterrupted run, in their order, and ends with its models and numbers.
+    Every start meets the random streams as the last one left them (a KB found on disk, a
+    warm-up read instead of trained, cells skipped). Before the KB kept the streams, a start
+    right after the KB was written ended with other FINED numbers."""
+    data = tmp_path / "data"
+    prepare(PrepareConfig(dataset="synthetic",
+                          options={"n_rows": 3_000, "n_periods": 4, "seed": 3}), data)  # fmt: skip
+    kb_train = {"batch_size": 128, "epochs": 3, "patience": 1}  # the L0 ramp: 2 of 3 epochs
+    config = write_run_config(tmp_path / "run.yaml", data, ["incremental", "fined"],
+                              kb_train=kb_train)  # fmt: skip
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    with artefact_writes(reference) as written:
+        assert main(["run", str(config), "--out", str(reference)]) == 0
+    with artefact_writes(out, stop=True) as stops:
+        for _ in range(len(written) + 1):
+            try:
+                assert main(["run", str(config), "--out", str(out)]) == 0
+                break
+            except Killed:
+                continue
+    assert stops == written, "not stopped after each write of an uninterrupted run, in order"
+    assert any(p.startswith("kb/") for p in written) and "report.md" in written
+    timing = ["train_seconds", "kb_seconds"]
+    for table in ("results.csv", "forgetting.csv"):
+        again, once = (pl.read_csv(d / table).drop(timing, strict=False) for d in (out, reference))
+        assert again.equals(once), table
+    for record in sorted(reference.glob("**/record.json")):  # the weights' digests too
+        once, again = ({k: v for k, v in json.loads(path.read_text()).items() if k not in timing}
+                       for path in (record, out / record.relative_to(reference)))  # fmt: skip
+        assert again == once, record.relative_to(reference)
 
 
 def test_fined_beside_kd_and_a_reservoir_keeps_its_budget_and_resumes(

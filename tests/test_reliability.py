@@ -610,6 +610,7 @@ def test_the_l0_ramp_is_checked_before_any_training(small, tmp_path, capsys) -> 
     out = tmp_path / "out"
     code, _, err = run(capsys, "run", config, "--out", out)
     one_error(code, err, "L0 penalty ramps up over 10000 steps")
+    assert "raise kb_train.epochs or lower kb.l0_warmup_steps" in err  # a run config's keys
     assert not (out / "warmup").exists() and not (out / "config.json").exists()
 
 
@@ -720,3 +721,23 @@ def test_one_class_validation_rows_are_refused_before_training(small) -> None:
     Trainer(build_model("deepfm", store.feature_map, {"embedding_dim": 8}), logloss).fit(
         store.load([0], "train"), valid
     )
+
+
+def test_help_text_has_no_raw_markup() -> None:
+    """What --help prints of every command and option reads as text: a docstring's RST
+    (``--kb``) was shown as is."""
+    import typer
+
+    from fined.cli import app
+
+    def texts(command, name: str):
+        yield name, command.help or ""
+        for param in command.params:
+            yield f"{name} {param.name}", getattr(param, "help", None) or ""
+        for sub, child in getattr(command, "commands", {}).items():
+            yield from texts(child, f"{name} {sub}")
+
+    found = list(texts(typer.main.get_command(app), "fined"))
+    assert len(found) > 50  # every command and option was seen
+    raw = [where for where, text in found if "``" in text]
+    assert not raw, raw

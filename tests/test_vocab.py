@@ -1,12 +1,13 @@
 """Append-only vocabularies: indices never move, min-count is cumulative over periods."""
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from fined.data.feature_map import OOV, PAD
 from fined.data.prepare import prepare
 from fined.data.schema import PeriodSpec, PrepareConfig
-from fined.data.vocab import Vocabulary, grow_vocabulary
+from fined.data.vocab import PeriodCounts, Vocabulary, count_ids, grow_vocabulary
 
 
 def test_extend_keeps_every_existing_index() -> None:
@@ -121,3 +122,17 @@ def test_prepare_with_max_vocab_caps_the_table_and_keeps_ids_stable(tmp_path) ->
     ids = capped.load([0, 1, 2]).ids[:, capped.feature_map.id_features.index(user)]
     assert int(ids.max()) < user.vocab_size and int(ids.min()) >= 2
     assert (ids < 18).float().mean() > 0.1  # much of the traffic lands in the buckets
+
+
+def test_period_counts_merged_in_bounded_parts_equal_one_count() -> None:
+    """Chunks counted apart and merged period by period (a tiny floor: many merges) give the
+    counts of the whole column counted at once, and never keep more unmerged rows than the
+    merged ones (or the floor)."""
+    rng = np.random.default_rng(0)
+    ids, periods = rng.integers(0, 500, 20_000), rng.integers(0, 6, 20_000)
+    counts = PeriodCounts(floor=300)
+    for lo in range(0, len(ids), 700):
+        counts.add(count_ids(ids[lo : lo + 700], periods[lo : lo + 700]))
+        assert counts._pending <= max(counts.floor, counts._merged)
+    want = count_ids(ids, periods).sort(["value", "period"])
+    assert counts.frame().sort(["value", "period"]).equals(want)

@@ -245,8 +245,14 @@ def replaced_directory(
 ) -> Iterator[Path]:
     """Build a directory in a temporary sibling and swap it in place of ``out`` when the
     block completes; on error the temporary is removed and ``out`` stays as it was. The
-    marker records the entries written, so a later replacement can tell them from a user's."""
+    marker records the entries written, so a later replacement can tell them from a user's.
+    A symbolic link to a directory is written through: its target is replaced, the link
+    kept (a link to nothing is refused)."""
     out = Path(out)
+    if out.is_symlink() and out.is_dir():
+        # Swapping the link itself would put a directory in its place and leave the link
+        # renamed beside it; the dataset the user points at is the target.
+        out = Path(os.path.realpath(out))
     recover_swap(out)
     _check_replaceable(out, command)
     _make_dirs(out.parent)
@@ -280,6 +286,7 @@ def check_output_file(path: str | Path, overwrite: bool, option: str) -> Path:
         raise FinedError(f"{option} {path}: no directory {path.parent} (create it first)")
     if path.exists() and not overwrite and read_marker(path.parent) is None:
         raise FinedError(
-            f"{option} {path}: exists and fined did not write it; pass --overwrite to replace it"
+            f"{option} {path}: exists (a file outside fined's output directories, even one "
+            "an earlier command wrote, is replaced only on request); pass --overwrite"
         )
     return path

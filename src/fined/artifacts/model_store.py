@@ -13,11 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fined.artifacts.kb_store import FORMAT as KB_FORMAT
 from fined.artifacts.kb_store import KBShape, build_kb
-from fined.artifacts.weights import load_weights, save_weights
+from fined.artifacts.weights import load_weights, save_weights, stored_shapes
 from fined.config import parse_model
 from fined.data.feature_map import FeatureMap
 from fined.errors import FinedError
@@ -79,6 +80,41 @@ def rebuild_model(meta: dict[str, Any], feature_map: FeatureMap) -> CTRModel | F
         raise FinedError(f"model description: {err}") from None
 
 
+def check_fits_weights(meta: dict[str, Any], feature_map: FeatureMap, weights: Path) -> None:
+    """The model a description makes has the shapes of the weights file: checked on the
+    meta device (no memory taken), so that an edited size (``embedding_dim: 10**12``) is
+    refused by name instead of being allocated."""
+    with torch.device("meta"):
+        described = rebuild_model(meta, feature_map).state_dict()
+    stored = stored_shapes(weights)
+    for name, tensor in described.items():
+        shape = list(tensor.shape)
+        if name not in stored or stored[name] == shape:
+            continue  # a missing tensor is said when the weights are loaded
+        sizes = set(shape) - set(stored[name])  # the sizes the weights do not have
+        fields = [f"{key} = {value}" for key, value in _size_fields(meta) if value in sizes]
+        culprit = f"{fields[0]} makes" if fields else "it makes"
+        raise FinedError(
+            f"{culprit} {name} {shape}, but {weights.name} holds {stored[name]} "
+            "(edited? the description and the weights must be written together)"
+        )
+
+
+def _size_fields(meta: dict[str, Any]) -> list[tuple[str, int]]:
+    """The whole-number settings of a description that size tensors, as (key, value)."""
+    sections = {
+        "model_config": meta.get("model_config"),
+        "kb.config": (meta.get("kb") or {}).get("config"),
+        "adaptor": meta.get("adaptor"),
+    }
+    found = [("knowledge_tokens", meta.get("knowledge_tokens"))]
+    for section, doc in sections.items():
+        for key, value in (doc or {}).items() if isinstance(doc, dict) else []:
+            for v in value if isinstance(value, list) else [value]:
+                found.append((f"{section}.{key}", v))
+    return [(k, v) for k, v in found if isinstance(v, int) and not isinstance(v, bool)]
+
+
 def save_model(run_dir: str | Path, model: CTRModel | FinedModel, info: dict[str, Any]) -> str:
     """The weights, then their description (last: it vouches for them by their digest);
     returns the digest."""
@@ -108,6 +144,7 @@ def load_model(
             f"but this dataset has {feature_map.fingerprint} (prepare the same data, or retrain)"
         )
     try:
+        check_fits_weights(meta, feature_map, run_dir / WEIGHTS)
         model = rebuild_model(meta, feature_map)
     except FinedError as err:
         raise FinedError(f"{run_dir / META}: {err}") from None

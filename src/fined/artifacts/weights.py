@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load, save
 from torch import nn
 
@@ -45,6 +45,18 @@ def safetensors_metadata(path: str | Path, raw: bytes) -> dict[str, str]:
         return json.loads(raw[8 : 8 + length]).get("__metadata__") or {}
     except (ValueError, AttributeError) as err:
         raise FinedError(f"{path}: not a valid safetensors file ({err})") from None
+
+
+def stored_shapes(path: str | Path) -> dict[str, list[int]]:
+    """The shape of each tensor in a weights file, from its header alone (nothing else is
+    read: a description can be checked against the weights before any memory is taken)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except FileNotFoundError:
+        raise FinedError(f"{path}: no such file (weights file)") from None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise FinedError(f"{path}: not a valid weights file (safetensors: {err})") from None
 
 
 def read_weights(path: str | Path, sha256: str) -> dict[str, torch.Tensor]:

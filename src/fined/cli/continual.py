@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fined.cli.app import RUN_DEVICE_HELP, app, console, parse_pairs
+from fined.cli.app import RUN_DEVICE_HELP, app, console, err_console, parse_pairs
 from fined.errors import FinedError
 
 
@@ -64,6 +64,7 @@ class _Reporter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
 
 
 @app.command("run")
@@ -103,6 +104,15 @@ def run(
     reporter = _Reporter()
     try:
         summary = Runner(cfg, root, reporter).run(jobs, restart=restart)
+    except KeyboardInterrupt:
+        reporter.close()  # the progress bar first, so that the line below stays visible
+        err_console.print(
+            f"interrupted: the same command again continues where it stopped (its work so "
+            f"far is kept in {root})",
+            markup=False,
+            highlight=False,
+        )
+        raise  # exit code 130
     finally:
         reporter.close()
     console.print(_summary_table(cfg.name, summary))

@@ -77,7 +77,7 @@ def data_describe(directory: Annotated[Path, typer.Argument(help="A prepared dat
 def data_datasets(
     name: Annotated[str | None, typer.Argument(help="An adapter: list its -o options.")] = None,
 ) -> None:
-    """List the built-in dataset adapters, or one adapter's ``-o`` options."""
+    """List the built-in dataset adapters, or one adapter's -o options."""
     from rich.table import Table
 
     from fined.config import type_name

@@ -67,8 +67,8 @@ def train(
 ) -> None:
     """Train one model; the epoch is selected on the validation set, never on the test set.
 
-    With ``--kb``, the model is fed instance-wise knowledge from a frozen knowledge base
-    (``adaptor.*`` keys of ``--set`` tune the adaptor)."""
+    With --kb, the model is fed instance-wise knowledge from a frozen knowledge base
+    (adaptor.* keys of --set tune the adaptor)."""
     from fined import distributed
     from fined.outputs import owned_directory
     from fined.train.job import COMMAND, train_model
@@ -91,11 +91,16 @@ def train(
         adaptor["finetune_lr"] = kb_finetune
     if seed is not None:
         train_over["seed"] = seed
-    job = train_model(
-        data, model, train_periods, out, valid=valid, test=test, settings=model_over,
-        train=train_over, kb=kb, adaptor=adaptor or None, resume=resume, log=console.print,
-        device=device,
-    )  # fmt: skip
+    try:
+        job = train_model(
+            data, model, train_periods, out, valid=valid, test=test, settings=model_over,
+            train=train_over, kb=kb, adaptor=adaptor or None, resume=resume, log=console.print,
+            device=device,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: rerun with --resume to continue from the last "
+                          f"finished epoch in {out}", markup=False, highlight=False)  # fmt: skip
+        raise  # exit code 130
     if distributed.context().main:
         title = f"{job.model.model_name}: best epoch {job.fit.best_epoch}"
         console.print(_metrics_table(title, job.metrics))
@@ -180,8 +185,8 @@ def predict(
     ] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
-    """Click probabilities for every row of some periods, to CSV or Parquet; ``--columns``
-    passes raw ids (and ``row``, the row's place in its period) through, to join back."""
+    """Click probabilities for every row of some periods, to CSV or Parquet; --columns
+    passes raw ids (and "row", the row's place in its period) through, to join back."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq

@@ -26,6 +26,16 @@ def _sampler(name: str) -> str:
     return name
 
 
+def _check_space(objective: Any, dims: list, space: Path) -> None:
+    """Every value the space file gives a key, each on the base settings, is checked before
+    the search claims --out: a misspelt key or a bad value names the file and the key, and
+    leaves nothing that blocks the corrected rerun."""
+    objective.check({}, "the base settings (--config, --set)")
+    for dim in dims:
+        for value in dim.grid():
+            objective.check({dim.key: value}, f"{space}: {dim.key}={value!r}")
+
+
 def _table(title: str, trials, keys: list[str], best: int) -> Table:
     table = Table(title=title)
     metrics = [k for k in (trials[0].metrics or {}) if k != "objective"]
@@ -80,6 +90,7 @@ def tune_train(
     settings, trainer = load_settings(config, set_)
     objective = TrainObjective(str(data), model, train_periods, valid, settings, trainer,
                                str(kb) if kb else None, device=device)  # fmt: skip
+    _check_space(objective, dims, space)
     describe = {"data": str(data), "model": model, "train_periods": train_periods,
                 "valid": valid, "settings": settings, "train": trainer,
                 "kb": str(kb) if kb else None}  # fmt: skip
@@ -126,9 +137,9 @@ def tune_run(
     jobs: JOBS = 1,
     device: Annotated[str | None, typer.Option(help=RUN_DEVICE_HELP)] = None,
 ) -> None:
-    """Search a strategy's settings (``strategy.KEY`` keys) or the run's (``train.lr``, ...):
+    """Search a strategy's settings (strategy.KEY keys) or the run's (train.lr, ...):
     each trial runs the protocol with that strategy alone, judged by its held-out AUC over
-    every period trained on (validation only). ``best.yaml`` is the run config to run."""
+    every period trained on (validation only). best.yaml is the run config to run."""
     import yaml
 
     from fined.config import parse_model
@@ -142,6 +153,7 @@ def tune_run(
     sets = parse_pairs(set_, "--set")
     objective = RunObjective(str(config), strategy, quick, sets, device)
     parse_model(RunConfig, objective.document({}), str(config))  # the base must validate now
+    _check_space(objective, dims, space)
     describe = {"config": str(config), "strategy": strategy, "quick": quick, "sets": sets}
     search = Search(out, objective, dims, _sampler(sampler), trials, seed, jobs, describe,  # type: ignore[arg-type]
                     log=console.print)  # fmt: skip

@@ -31,7 +31,14 @@ from fined.data.loader import footer_digest
 from fined.data.numeric import BottomKSample, NumericTransform
 from fined.data.periods import HoldoutCut, PeriodSplitter
 from fined.data.schema import FeatureSpec, PrepareConfig, check_features
-from fined.data.vocab import OOV, Vocabulary, count_ids, grow_vocabulary, merge_counts
+from fined.data.vocab import (
+    OOV,
+    PeriodCounts,
+    Vocabulary,
+    count_ids,
+    grow_vocabulary,
+    merge_counts,
+)
 from fined.errors import FinedError
 from fined.io import atomic_write_json, atomic_write_text
 from fined.outputs import replaced_directory
@@ -39,6 +46,10 @@ from fined.outputs import replaced_directory
 Progress = Callable[[str, int], None]  # (stage, rows done so far)
 _NUMERIC_SAMPLE = 200_000  # values kept per numeric feature and period to fit quantiles
 _FLUSH_ROWS = 262_144  # rows buffered per period before a Parquet row group is written
+# Encoded rows buffered over all periods: with wide rows (long histories) and many periods
+# open at once, a row count alone let the buffers grow to GBs (a bucketed source feeds every
+# period at a time). Past it the fullest period is flushed (a smaller row group, same rows).
+_BUFFER_BYTES = 128 << 20
 COMMAND = "data prepare"  # the owner named in a prepared directory's marker
 
 
@@ -48,7 +59,7 @@ class _Scan:
 
     rows: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     times: dict[int, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
-    counts: dict[str, list[pl.DataFrame]] = field(default_factory=lambda: defaultdict(list))
+    counts: dict[str, PeriodCounts] = field(default_factory=dict)
     samples: dict[tuple[str, int], BottomKSample] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # by reason
 
@@ -205,10 +216,7 @@ def _scan(
                 part = count_ids(items, keys[row])
             else:
                 part = count_ids(col, keys)
-            parts = scan.counts[f.vocab or f.name]
-            parts.append(part)
-            if len(parts) > 32:  # keep memory bounded by the number of distinct (id, period)
-                parts[:] = [merge_counts(parts)]
+            scan.counts.setdefault(f.vocab or f.name, PeriodCounts()).add(part)
         if progress:
             progress("scan", row0)
     return scan
@@ -220,7 +228,9 @@ def _grow_vocabularies(
     spec = {f.name: f for f in features}
     vocabs = {}
     for owner in [f.name for f in features if f.kind != "numeric" and f.vocab is None]:
-        counts = merge_counts(scan.counts.get(owner, []))
+        # Each table of counts is let go once its vocabulary stands (they are the largest
+        # state of the scan, and pass 2 does not need them).
+        counts = scan.counts.pop(owner).frame() if owner in scan.counts else merge_counts([])
         counts = counts.with_columns(
             pl.col("period").replace_strict(
                 list(ordinal), list(ordinal.values()), return_dtype=pl.Int64
@@ -269,6 +279,7 @@ class _PeriodWriter:
     writer: pq.ParquetWriter | None = None
     buffered: list[pa.Table] = field(default_factory=list)
     buffered_rows: int = 0
+    buffered_bytes: int = 0
     ties_seen: int = 0
     rows: int = 0
     positives: int = 0
@@ -289,6 +300,7 @@ class _PeriodWriter:
         self.time_max = max(self.time_max, int(time.max()))
         self.buffered.append(table)
         self.buffered_rows += table.num_rows
+        self.buffered_bytes += table.nbytes
         if self.buffered_rows >= _FLUSH_ROWS:
             self.flush()
 
@@ -299,7 +311,7 @@ class _PeriodWriter:
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, table.schema)
         self.writer.write_table(table, row_group_size=self.row_group_rows)
-        self.buffered, self.buffered_rows = [], 0
+        self.buffered, self.buffered_rows, self.buffered_bytes = [], 0, 0
 
     def close(self) -> None:
         self.flush()
@@ -354,6 +366,8 @@ def _write_periods(
                 known = encoder.vocab_of(f).size_by_period[p - 1] if p > 0 else 2
                 w.new_ids[f.name] += int(np.count_nonzero((ids >= known) | (ids == OOV)))
             w.add(table, label[sel], hold, time[sel])
+        while sum(w.buffered_bytes for w in writers.values()) > _BUFFER_BYTES:
+            max(writers.values(), key=lambda w: w.buffered_bytes).flush()
         if progress:
             progress("encode", row0)
     infos = []

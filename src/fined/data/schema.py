@@ -118,9 +118,22 @@ class PrepareConfig(StrictModel):
     row_group_rows: int = Field(131_072, ge=1)
 
 
+# Column names of the standardized batches and of the period files that are not features: a
+# feature of that name would replace the label, the time stamps or the holdout flags.
+RESERVED_NAMES = ("label", "time", "holdout", "period_key")
+
+
 def check_features(features: list[FeatureSpec]) -> None:
-    """Cross-feature rules: unique names, shared vocabularies point at id features."""
+    """Cross-feature rules: no reserved names, unique names, shared vocabularies point at
+    id features."""
     names = [f.name for f in features]
+    for name in names:
+        if name in RESERVED_NAMES:
+            raise FinedError(
+                f"features.{name}: {name!r} is a reserved name ({', '.join(RESERVED_NAMES)} "
+                f"are columns fined adds); rename the feature (`column: {name}` still reads "
+                "that raw column)"
+            )
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise FinedError(f"features: duplicate name(s) {', '.join(dupes)}")

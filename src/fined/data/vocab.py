@@ -154,6 +154,48 @@ def merge_counts(parts: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat(frames).group_by(["value", "period"]).agg(pl.col("count").sum())
 
 
+class PeriodCounts:
+    """The (id, period) counts of one vocabulary, gathered chunk by chunk in bounded memory.
+
+    Parts are kept per period and merged period by period, the one with the most unmerged
+    rows first, once the unmerged rows exceed the merged ones (or ``floor``): memory stays a
+    small multiple of the distinct (id, period) pairs however long the log, and a merge's
+    working memory is one period's ids, not the whole table's (a merge of 9 M rows across
+    periods took 0.55 GB of polars' memory at once).
+    """
+
+    def __init__(self, floor: int = 1 << 22) -> None:
+        self.floor = floor
+        self._parts: dict[int, list[pl.DataFrame]] = {}
+        self._merged = 0  # rows of the merged parts (the first of each period's list)
+        self._pending = 0  # rows of the others
+
+    def add(self, part: pl.DataFrame) -> None:
+        """A chunk's counts (``count_ids``)."""
+        for (period,), frame in part.partition_by("period", as_dict=True).items():
+            parts = self._parts.setdefault(int(period), [])
+            if parts:
+                self._pending += frame.height
+            else:
+                self._merged += frame.height
+            parts.append(frame)
+        while self._pending > max(self.floor, self._merged):
+            fullest = max(self._parts.values(), key=lambda ps: sum(p.height for p in ps[1:]))
+            self._pending -= sum(p.height for p in fullest[1:])
+            self._merged -= fullest[0].height
+            fullest[:] = [merge_counts(fullest)]
+            self._merged += fullest[0].height
+
+    def frame(self) -> pl.DataFrame:
+        """All counts, one row per (id, period): ``value``, ``period``, ``count``. (The
+        periods' merged counts are disjoint: concatenated, not grouped again.)"""
+        frames = [ps[0] if len(ps) == 1 else merge_counts(ps) for ps in self._parts.values()]
+        if not frames:
+            return merge_counts([])
+        dtype = _common_id_type([f.schema["value"] for f in frames])
+        return pl.concat([f.with_columns(pl.col("value").cast(dtype)) for f in frames])
+
+
 def _common_id_type(types: list[pl.DataType]) -> pl.DataType:
     if all(t.is_integer() for t in types):
         return pl.Int64()

@@ -133,7 +133,7 @@ class Runner:
                 KnowledgeBase(fmap, kb_config, self.s - 1)
             except ValueError as err:
                 raise FinedError(f"strategies.{spec.label}.kb: {err}") from None
-            check_l0_ramp(kb_config, c.kb_train, kb_rows)
+            check_l0_ramp(kb_config, c.kb_train, kb_rows, ("kb_train.epochs", "kb.l0_warmup_steps"))
             tokens = c.adaptor_config(spec).tokens
             for model in c.models:
                 self.base_model(model, tokens)

@@ -42,17 +42,22 @@ class EpochLog:
         """``history``: every epoch so far, the last one just finished."""
         if self.log is not None:
             self.log(epoch_line(history[-1], history[-1]["epoch"] == best_epoch))
+        self.write(history, best_epoch)
+        if self.board is not None:
+            row = history[-1]
+            for key, value in row.items():
+                if isinstance(value, float) and not math.isnan(value):
+                    self.board.add_scalar(key, value, row["epoch"])
+
+    def write(self, history: list[dict[str, Any]], best_epoch: int) -> None:
+        """The two files of ``history`` (nothing said, nothing to TensorBoard): also what a
+        resumed fit writes first, for a run killed between a checkpoint and its log."""
         if self.run_dir is None:
             return
         lines = "".join(json.dumps(row) + "\n" for row in history)
         atomic_write_text(self.run_dir / METRICS, lines)
         text = "".join(epoch_line(r, r["epoch"] == best_epoch) + "\n" for r in history)
         atomic_write_text(self.run_dir / LOG, text)
-        if self.board is not None:
-            row = history[-1]
-            for key, value in row.items():
-                if isinstance(value, float) and not math.isnan(value):
-                    self.board.add_scalar(key, value, row["epoch"])
 
 
 def _tensorboard(run_dir: Path) -> Any:

@@ -24,9 +24,16 @@ from fined.train.config import TrainConfig
 from fined.train.trainer import FitResult, Trainer, seed_everything
 
 
-def check_l0_ramp(config: KBConfig, train: TrainConfig, rows: int) -> int:
+def check_l0_ramp(
+    config: KBConfig,
+    train: TrainConfig,
+    rows: int,
+    keys: tuple[str, str] = ("train.epochs", "l0_warmup_steps"),
+) -> int:
     """Epochs the L0 weight takes to ramp up when a KB trains on ``rows`` rows (0 without an
-    L0 penalty); a ramp that outlasts the build is an error, found before any training."""
+    L0 penalty); a ramp that outlasts the build is an error, found before any training.
+    ``keys``: the names of the build's epochs and of the ramp's steps where the user sets
+    them (a KB YAML's by default; a run config's are ``kb_train.epochs``, ``kb.…``)."""
     if not config.sparse or config.dense_gates:
         return 0
     steps = max(1, math.ceil(rows / train.batch_size))
@@ -35,7 +42,7 @@ def check_l0_ramp(config: KBConfig, train: TrainConfig, rows: int) -> int:
         raise FinedError(
             f"the L0 penalty ramps up over {config.l0_warmup_steps} steps ({ramp_epochs} "
             f"epochs of {steps} steps) but training stops after {train.epochs} epochs: "
-            "raise train.epochs or lower l0_warmup_steps"
+            f"raise {keys[0]} or lower {keys[1]}"
         )
     return ramp_epochs
 

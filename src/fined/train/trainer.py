@@ -183,6 +183,8 @@ class Trainer:
         log = EpochLog(
             run_dir if self.dist.main else None, c.tensorboard, self.log if self.dist.main else None
         )
+        if state.history:  # resumed: a kill between the checkpoint and its log lost the log
+            log.write(state.history, state.best_epoch)
         sums = EpochSums(torch.zeros((), dtype=torch.float64, device=self.device))
         step = self._step(net, optimizer, sums, batch_size)
         trained_rows = 0
@@ -301,19 +303,19 @@ class Trainer:
         auxiliary: dict[str, torch.optim.Optimizer],
         state: TrainerState,
     ) -> None:
-        save_checkpoint(
-            run_dir / LAST,
-            {
-                "model": self.model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "auxiliary": {k: opt.state_dict() for k, opt in auxiliary.items()},
-                "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "trainer": state.to_checkpoint(),
-                "best_weights": state.best_weights,
-                "config": self.config.model_dump(),
-            },
-        )
+        checkpoint = {
+            "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "auxiliary": {k: opt.state_dict() for k, opt in auxiliary.items()},
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "trainer": state.to_checkpoint(),
+            "best_weights": state.best_weights,
+            "config": self.config.model_dump(),
+        }
+        if self.device.type == "cuda":  # dropout, gates and noise there draw from its generator
+            checkpoint["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        save_checkpoint(run_dir / LAST, checkpoint)
 
     def _restore(
         self,
@@ -335,6 +337,8 @@ class Trainer:
                 opt.load_state_dict(saved[name])
             scheduler.load_state_dict(ckpt["scheduler"])
             torch.set_rng_state(ckpt["rng"])
+            if self.device.type == "cuda" and "cuda_rng" in ckpt:
+                torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
             return TrainerState.from_checkpoint(dict(ckpt["trainer"]), ckpt["best_weights"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
             raise FinedError(

@@ -42,12 +42,29 @@ class TrainObjective:
         trainer = {k.removeprefix("train."): v for k, v in trial.items() if k.startswith("train.")}
         return {**self.settings, **own}, {**self.train, **trainer, "progress": False}
 
+    def check(self, trial: dict[str, Any], where: str) -> None:
+        """Validate a trial's settings without training: a misspelt key or a bad value fails
+        before the search writes anything."""
+        from fined.config import parse_model, resolve
+        from fined.knowledge.adaptor import AdaptorConfig
+        from fined.models.ctr_model import model_config
+        from fined.train.config import TrainConfig
+
+        model, trainer = self.layers(trial)
+        adaptor = _adaptor_settings(model)
+        try:
+            resolve(TrainConfig, trainer, where="train")
+            model_config(self.model, model)
+            if adaptor:
+                parse_model(AdaptorConfig, adaptor, "adaptor")
+        except FinedError as err:
+            raise FinedError(f"{where}: {err}") from None
+
     def __call__(self, trial: dict[str, Any], directory: Path) -> dict[str, float]:
         from fined.train.job import train_model
 
         model, trainer = self.layers(trial)
-        adaptor = {k.removeprefix("adaptor."): model.pop(k) for k in list(model)
-                   if k.startswith("adaptor.")}  # fmt: skip
+        adaptor = _adaptor_settings(model)
         job = train_model(
             self.data, self.model, self.train_periods, directory, valid=self.valid,
             settings=model, train=trainer, kb=self.kb, adaptor=adaptor or None, resume=True,
@@ -89,6 +106,14 @@ class RunObjective:
         doc.pop("quick", None)
         return doc
 
+    def check(self, trial: dict[str, Any], where: str) -> None:
+        """Validate a trial's run config without running it: a misspelt key or a bad value
+        fails before the search writes anything."""
+        from fined.config import parse_model
+        from fined.protocol.config import RunConfig
+
+        parse_model(RunConfig, self.document(trial), where)
+
     def __call__(self, trial: dict[str, Any], directory: Path) -> dict[str, float]:
         import polars as pl
 
@@ -110,6 +135,12 @@ class RunObjective:
                 "needs at least two steps"
             )
         return {"held_out_auc": held_out, "forward_auc": forward, "objective": forward}
+
+
+def _adaptor_settings(model: dict[str, Any]) -> dict[str, Any]:
+    """Takes the ``adaptor.KEY`` settings out of a trial's model settings."""
+    return {k.removeprefix("adaptor."): model.pop(k) for k in list(model)
+            if k.startswith("adaptor.")}  # fmt: skip
 
 
 def _label(entry: Any) -> str:

@@ -12,6 +12,8 @@ import pyarrow.compute as pc
 
 from fined.errors import FinedError
 
+_OFFSET = r"(Z|[+-]\d\d:?\d\d)$"  # what %z reads at the end of a time stamp
+
 
 def binary_label(values: pa.Array | pa.ChunkedArray, column: str) -> pa.Array:
     """Validate a 0/1 label column (ints, floats or strings) and return it as int8."""
@@ -29,21 +31,39 @@ def binary_label(values: pa.Array | pa.ChunkedArray, column: str) -> pa.Array:
     return pa.array(arr.astype(np.int8))
 
 
-def _first_bad_number(values: pa.Array | pa.ChunkedArray) -> str:
+def _first_bad_number(values: pa.Array | pa.ChunkedArray) -> object:
+    """The first value Arrow cannot read as a number, as it is (Python's float() accepts
+    some that Arrow refuses, such as " 0")."""
     for v in values.to_pylist():
         try:
-            float(v)
-        except (TypeError, ValueError):
-            return str(v)
+            pc.cast(pa.array([v], values.type), pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return v
     return "?"
+
+
+def finite_numbers(values: pa.Array, column: str, row0: int) -> pa.Array:
+    """``values`` (float64), refused if one is infinite: a mean, a standard deviation or
+    quantiles fitted on it are not numbers. ``row0``: the input row number of the first."""
+    arr = values.to_numpy(zero_copy_only=False)  # nulls read as NaN: missing, allowed
+    bad = np.flatnonzero(np.isinf(arr))
+    if bad.size:
+        i = int(bad[0])
+        raise FinedError(
+            f"numeric column {column!r}: row {row0 + i + 1:,} of the input holds {arr[i]}, "
+            "not a finite number (leave the field empty for a missing value)"
+        )
+    return values
 
 
 def parse_time(values: pa.Array | pa.ChunkedArray, fmt: str, column: str) -> pa.Array:
     """Parse a time column into int64 unix seconds.
 
     ``fmt``: ``unix`` (seconds, fractions floored), ``unix_ms``, ``yymmddhh`` (Avazu's
-    ``hour``), or a strptime format such as ``%Y-%m-%d %H:%M:%S`` (read as UTC). Empty values
-    stay null: what to do with rows without a time stamp is decided where periods are cut.
+    ``hour``), or a strptime format such as ``%Y-%m-%d %H:%M:%S`` (read as UTC; a format that
+    ends in ``%z`` reads the offset, ``+05:00``, ``+0500`` or ``Z``, to the UTC instant).
+    Empty values stay null: what to do with rows without a time stamp is decided where
+    periods are cut.
     """
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         values = pc.if_else(pc.equal(values, ""), pa.scalar(None, values.type), values)
@@ -64,8 +84,15 @@ def _convert_time(values: pa.Array | pa.ChunkedArray, fmt: str) -> pa.Array:
     text = pc.cast(values, pa.string())
     if fmt == "yymmddhh":
         text, fmt = pc.binary_join_element_wise("20", text, ""), "%Y%m%d%H"
-    parsed = pc.strptime(text, fmt, "s")
-    _check_round_trip(text, parsed, fmt)
+    parsed = pc.strptime(text, fmt, "s")  # with %z: the UTC instant
+    if fmt.endswith("%z"):
+        # The check below writes back in UTC, never as the offset read: check the local
+        # date and time without it.
+        local = pc.replace_substring_regex(text, _OFFSET, "")
+        local_fmt = fmt.removesuffix("%z")
+        _check_round_trip(local, pc.strptime(local, local_fmt, "s"), local_fmt)
+    else:
+        _check_round_trip(text, parsed, fmt)
     return pc.cast(parsed, pa.int64())
 
 

@@ -8,20 +8,24 @@ Reading streams with bounded memory: ``pyarrow.csv.open_csv`` with an explicit t
 column read (so that ids are never guessed as floats, and a late odd value cannot break type
 inference of the first block), or ``ParquetFile.iter_batches``. Files are read in sorted
 (natural) order, so ``D2_0.csv`` comes before ``D10_0.csv``, and each call of ``batches()``
-yields the same rows in the same order.
+yields the same rows in the same order. A directory's hidden files (``.DS_Store``, editors'
+swap files: names that start with a dot) are never read; a file of the other format among
+the files read (a ``.parquet`` beside CSVs) is refused by name.
 
 Column conventions of the standardized batches:
 
 - categorical ids from text stay strings; an empty field is the id ``""`` (a category of its
   own, "missing"), never null. Parquet integer ids stay int64 (nulls kept), float ids must be
   whole numbers.
-- numeric features are float64; empty fields and ``NULL``/``NaN`` are nulls.
+- numeric features are float64; empty fields and ``NULL``/``NaN`` are nulls; ``inf`` is
+  refused (naming the row), as no transform fitted on it means anything.
 - sequences given as text are split on the feature's ``delimiter`` when the feature sets one,
   else on the option ``list_delimiter``; empty tokens are dropped.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import re
@@ -38,7 +42,7 @@ from pydantic import Field, model_validator
 
 from fined.config import StrictModel, parse_model
 from fined.data.datasets import register
-from fined.data.datasets.columns import binary_label, parse_time, split_list
+from fined.data.datasets.columns import binary_label, finite_numbers, parse_time, split_list
 from fined.data.datasets.source import BaseSource
 from fined.data.schema import FeatureSpec, PathText, PeriodSpec, PrepareConfig, check_features
 from fined.errors import FinedError
@@ -58,12 +62,13 @@ class TableOptions(StrictModel):
     column_names: list[str] | None = None  # required when header is false
     label: str = "label"
     time: str | None = None  # None: time is the running row number
-    time_format: str = "unix"  # unix | unix_ms | yymmddhh | a strptime format (UTC)
+    # unix | unix_ms | yymmddhh | a strptime format (UTC, or the offset %z reads)
+    time_format: str = "unix"
     period_from_file: str | None = None  # regex, one group: integer period key in a file name
     period_name: str = "{key}"  # display name of a file period key, e.g. "D{key}"
     list_delimiter: str = Field("^", min_length=1)  # for sequence features read from text
     derive_from_time: dict[str, TimePart] = Field(default_factory=dict)  # extra columns
-    dir_glob: str = "*"  # files taken from `path` when it is a directory
+    dir_glob: str = "*"  # files taken from `path` when it is a directory (hidden ones never)
 
     @model_validator(mode="after")
     def _check(self) -> TableOptions:
@@ -97,7 +102,9 @@ def list_files(path: str, dir_glob: str) -> list[Path]:
         if not files:
             raise FinedError(f"{path}: no file matches")
     elif p.is_dir():
-        files = [f for f in p.glob(dir_glob) if f.is_file()]
+        # Hidden files are the system's or an editor's (.DS_Store), never data; glob.glob
+        # above leaves them out too.
+        files = [f for f in p.glob(dir_glob) if f.is_file() and not f.name.startswith(".")]
         if not files:
             raise FinedError(f"{path}: no file matching {dir_glob!r} in this directory")
     elif p.is_file():
@@ -108,7 +115,8 @@ def list_files(path: str, dir_glob: str) -> list[Path]:
 
 
 def _csv_header(path: Path, delimiter: str) -> list[str]:
-    """Column names in the first line (compressed files too), stripped of spaces and BOM."""
+    """Column names in the first line (compressed files too), stripped of spaces and BOM;
+    text that is not UTF-8 is refused (Arrow's reader reads UTF-8 only)."""
     head = b""
     with pa.input_stream(str(path), compression="detect") as stream:
         while b"\n" not in head:
@@ -118,7 +126,16 @@ def _csv_header(path: Path, delimiter: str) -> list[str]:
             head += chunk
     if not head.strip():
         raise FinedError(f"{path}: the file is empty (a header line was expected)")
-    line = head.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r")
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise FinedError(f"{path}: the file is UTF-16 text; save it as UTF-8")
+    first = head.split(b"\n", 1)[0]
+    try:
+        line = first.decode("utf-8-sig").rstrip("\r")
+    except UnicodeDecodeError as err:
+        raise FinedError(
+            f"{path}: not UTF-8 text (byte {first[err.start]:#04x} at offset {err.start} of "
+            "the first line); save it as UTF-8"
+        ) from None
     return [n.strip() for n in next(csv.reader([line], delimiter=delimiter), [])]
 
 
@@ -135,6 +152,11 @@ def _as_ids(values: pa.Array, column: str) -> pa.Array:
         try:
             return pc.cast(values, pa.int64())
         except pa.ArrowInvalid:
+            if pc.any(pc.is_nan(values)).as_py():  # how pandas writes a missing integer id
+                raise FinedError(
+                    f"column {column!r}: an id is NaN (pandas' missing value in a float "
+                    "column); write the ids as integers with nulls (pandas Int64) or as text"
+                ) from None
             raise FinedError(f"column {column!r}: ids must be whole numbers or text") from None
     return pc.fill_null(pc.cast(values, pa.string()), "")
 
@@ -206,6 +228,7 @@ class TableSource(BaseSource):
             raise FinedError(f"{name}: periods.by: key needs options.period_from_file")
         self.files = list_files(options.path, options.dir_glob)
         self.format = options.format or self._format_of(self.files[0])
+        self._check_one_format()
         self.keys = {f: self._period_key(f) for f in self.files}
 
         # Raw columns to read, each once, and the type each is read as from CSV.
@@ -222,6 +245,18 @@ class TableSource(BaseSource):
     def _format_of(path: Path) -> str:
         suffixes = [s.lower() for s in path.suffixes]
         return "parquet" if ".parquet" in suffixes or ".pq" in suffixes else "csv"
+
+    def _check_one_format(self) -> None:
+        """Every file read is of the job's format: a stray file of the other one (a
+        ``.parquet`` beside CSVs) would be read as garbage."""
+        for path in self.files:
+            suffixes = {s.lower() for s in path.suffixes}
+            known = suffixes & {".csv", ".tsv", ".parquet", ".pq"}  # a suffix that says it
+            if known and self._format_of(path) != self.format:
+                raise FinedError(
+                    f"{path}: a {self._format_of(path)} file among the {self.format} files of "
+                    f"{self.options.path}; move it away (or narrow options.dir_glob)"
+                )
 
     def _period_key(self, path: Path) -> int | None:
         if self.options.period_from_file is None:
@@ -259,8 +294,14 @@ class TableSource(BaseSource):
                     )
                 yield batch
                 row += raw.num_rows
+        if row == 0:  # else blamed on the period settings ("no rows fall into any period")
+            only = " (a header only)" if self.format == "csv" and self.options.header else ""
+            raise FinedError(f"{self.options.path}: no rows{only}")
 
     def _check_columns(self, path: Path, present: list[str]) -> None:
+        twice = [c for c in self.needed if present.count(c) > 1]
+        if twice:  # which of the two is meant cannot be told
+            raise FinedError(f"{path}: column {twice[0]!r} appears more than once")
         missing = [c for c in self.needed if c not in present]
         if missing:
             raise FinedError(
@@ -327,14 +368,24 @@ class TableSource(BaseSource):
                 values = pa.array(_time_part(seconds, self.derived[col]))
             else:
                 values = raw.column(col)
-            if f.kind == "categorical":
-                cols[f.name] = _as_ids(values, col)
-            elif f.kind == "numeric":
-                cols[f.name] = self._as_float(values, col)
-            else:
-                own = "delimiter" in f.model_fields_set
-                cols[f.name] = _as_sequence(values, f.delimiter if own else opts.list_delimiter)
+            try:
+                cols[f.name] = self._feature_values(f, values, row)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                # A type no conversion handles (a Parquet struct or map column).
+                raise FinedError(
+                    f"column {col!r} has type {values.type}, which a {f.kind} feature cannot read"
+                ) from None
         return pa.RecordBatch.from_pydict(cols)
+
+    def _feature_values(self, f: FeatureSpec, values: pa.Array, row: int) -> pa.Array:
+        """One feature's raw column in the standard form; ``row``: its first row's number."""
+        col = f.raw_column
+        if f.kind == "categorical":
+            return _as_ids(values, col)
+        if f.kind == "numeric":
+            return finite_numbers(self._as_float(values, col), col, row)
+        own = "delimiter" in f.model_fields_set
+        return _as_sequence(values, f.delimiter if own else self.options.list_delimiter)
 
     def _parse_time(self, values: pa.Array, column: str) -> pa.Array:
         if pa.types.is_timestamp(values.type):  # Parquet time stamps need no format

@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from fined.config import StrictModel, parse_model
 from fined.data.datasets import register
-from fined.data.datasets.columns import binary_label
-from fined.data.datasets.history import events_before
+from fined.data.datasets.columns import binary_label, finite_numbers
+from fined.data.datasets.history import SortedEvents
 from fined.data.datasets.source import BaseSource
 from fined.data.schema import FeatureSpec, PeriodSpec, PrepareConfig, check_features
 from fined.errors import FinedError
@@ -75,8 +74,22 @@ TABLES: dict[str, dict[str, pa.DataType]] = {
         "brand": I64,
     },
 }
-# Behaviour events as stored in the buckets (btag as its index in BTAGS).
-EVENTS = pa.schema({**TABLES["behavior_log.csv"], "btag": pa.int8()})
+# The two big tables as spilled to the bucket files: fixed-size records, appended in file
+# order (no per-file writer state, so the number of buckets costs no memory).
+IMPRESSION = np.dtype(
+    [("user", "<i8"), ("time", "<i8"), ("adgroup", "<i8"), ("pid", "<i4"), ("clk", "i1")]
+)  # pid: index into the pids seen (-1: none)
+EVENT = np.dtype(
+    [
+        ("rank", "<i4"),
+        ("time", "<i8"),
+        ("cate", "<i8"),
+        ("brand", "<i8"),
+        ("btag", "i1"),
+        ("nulls", "u1"),
+    ]
+)  # rank: the user's index among the users with impressions; btag: index in BTAGS
+_HISTORY_ENTRIES = 1 << 21  # history entries per yielded chunk (the rows' widest part)
 REQUIRED = {
     "raw_sample.csv": ("user", "time_stamp", "adgroup_id", "clk"),
     "ad_feature.csv": ("adgroup_id",),
@@ -91,9 +104,13 @@ class Options(StrictModel):
     path: Path  # directory with the four CSV files
     max_len: int = Field(50, ge=1)  # events kept per history (the most recent ones)
     n_buckets: int | None = Field(None, ge=1)  # None: one bucket per `bucket_mb` of CSV input
-    bucket_mb: int = Field(256, ge=1)  # CSV MB (log + samples) per bucket; peak RAM ~6x
+    # CSV MB (log + samples) per bucket: a bucket's events are held and sorted at once
+    # (~3x its CSV size); the count of buckets costs no memory
+    bucket_mb: int = Field(64, ge=1)
     work_dir: Path | None = None  # where the bucket files go; None: the system temp dir
-    block_mb: float = Field(64, gt=0)  # CSV read block size
+    # CSV read block size: Arrow's reader parses blocks ahead of the consumer, so the peak
+    # while partitioning follows it (72 M log rows: 2.7 GB at 64 MB, 0.9 GB at 16 MB)
+    block_mb: float = Field(16, gt=0)
 
 
 def default_features(max_len: int) -> list[FeatureSpec]:
@@ -159,10 +176,31 @@ def _read_csv(path: Path, names: list[str], block_mb: float) -> Iterator[pa.Reco
         raise FinedError(f"{path}: {msg}") from None
 
 
-def _bucket_of(user: pa.Array, n: int) -> np.ndarray:
+def _bucket_of(user: np.ndarray, n: int) -> np.ndarray:
     """Bucket of each user id: a multiplicative hash, so id ranges spread evenly."""
-    u = user.to_numpy().astype(np.uint64)
-    return ((u * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)) % np.uint64(n)
+    return ((user.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)) % np.uint64(
+        n
+    )
+
+
+def _append(prefix: Path, bucket: np.ndarray, n: int, records: np.ndarray) -> None:
+    """Append each record to its bucket's file ``{prefix}.{b}.bin``, keeping their order."""
+    order = np.argsort(bucket, kind="stable")
+    bounds = np.searchsorted(bucket[order], np.arange(n + 1))
+    records = records[order]
+    for b in np.flatnonzero(np.diff(bounds)):
+        with open(f"{prefix}.{b}.bin", "ab") as f:
+            records[bounds[b] : bounds[b + 1]].tofile(f)
+
+
+def _read(prefix: Path, b: int, dtype: np.dtype) -> np.ndarray:
+    """A bucket's records (none when no record fell in it)."""
+    path = Path(f"{prefix}.{b}.bin")
+    return np.fromfile(path, dtype) if path.exists() else np.empty(0, dtype)
+
+
+def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 class TaobaoAdRawSource(BaseSource):
@@ -189,6 +227,8 @@ class TaobaoAdRawSource(BaseSource):
         self._headers = {file: _header(options.path / file, file) for file in TABLES}
         self._dir: Path | None = None
         self._n = 0  # number of buckets, set by _partition
+        self._users = np.empty(0, np.int64)  # users with impressions, sorted (_partition)
+        self._pids: dict[str, int] = {}  # pid values in order of appearance
         self._cleanup: weakref.finalize | None = None
 
     # -- preparation: partition the two big tables by user ------------------------------
@@ -201,61 +241,46 @@ class TaobaoAdRawSource(BaseSource):
         work = Path(tempfile.mkdtemp(prefix="fined-taobao-", dir=opts.work_dir))
         self._cleanup = weakref.finalize(self, shutil.rmtree, work, ignore_errors=True)
         try:
-            users: list[np.ndarray] = []
-            if not self._split("raw_sample.csv", work, n, self._samples(users)):
-                raise FinedError(f"{opts.path / 'raw_sample.csv'}: no rows")
-            self._split("behavior_log.csv", work, n, self._events(np.unique(np.concatenate(users))))
+            users = self._split_samples(work, n)
+            self._split_events(work, n, users)
         except BaseException:
             self.close()
             raise
-        self._dir, self._n = work, n
+        self._dir, self._n, self._users = work, n, users
         return work
 
-    def _split(
-        self, file: str, work: Path, n: int, convert: Callable[[pa.RecordBatch], pa.RecordBatch]
-    ) -> bool:
-        """Stream ``file`` into ``n`` Parquet buckets by user; False when it has no rows."""
-        writers: list[pq.ParquetWriter] = []
-        try:
-            for batch in _read_csv(
-                self.options.path / file, self._headers[file], self.options.block_mb
-            ):
-                batch = convert(batch)
-                if not writers:
-                    writers = [
-                        pq.ParquetWriter(work / f"{file}.{b}.parquet", batch.schema)
-                        for b in range(n)
-                    ]
-                bucket = _bucket_of(batch.column("user"), n)
-                order = np.argsort(bucket, kind="stable")  # keeps file order inside a bucket
-                bounds = np.searchsorted(bucket[order], np.arange(n + 1))
-                batch = batch.take(pa.array(order))
-                for b in range(n):
-                    if bounds[b + 1] > bounds[b]:
-                        writers[b].write_batch(batch.slice(bounds[b], bounds[b + 1] - bounds[b]))
-        finally:
-            for w in writers:
-                w.close()
-        return bool(writers)
+    def _batches_of(self, file: str) -> Iterator[pa.RecordBatch]:
+        return _read_csv(self.options.path / file, self._headers[file], self.options.block_mb)
 
-    @staticmethod
-    def _samples(users: list[np.ndarray]) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
-        """Converter for raw_sample batches: validate the label, collect the users."""
+    def _split_samples(self, work: Path, n: int) -> np.ndarray:
+        """raw_sample into ``n`` record files by user, in file order; returns the users seen
+        (sorted: an event's user is stored as its index here)."""
+        users: list[np.ndarray] = []
+        for batch in self._batches_of("raw_sample.csv"):
+            user = batch.column("user").to_numpy()
+            users.append(np.unique(user))
+            rec = np.empty(batch.num_rows, IMPRESSION)
+            rec["user"], rec["time"] = user, batch.column("time_stamp").to_numpy()
+            rec["adgroup"] = batch.column("adgroup_id").to_numpy()
+            rec["clk"] = binary_label(batch.column("clk"), "clk").to_numpy()
+            rec["pid"] = self._pid_codes(batch.column("pid"))
+            _append(work / "samples", _bucket_of(user, n), n, rec)
+        if not users:
+            raise FinedError(f"{self.options.path / 'raw_sample.csv'}: no rows")
+        return np.unique(np.concatenate(users))
 
-        def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
-            label = binary_label(batch.column("clk"), "clk")
-            users.append(np.unique(batch.column("user").to_numpy()))
-            return batch.set_column(batch.schema.get_field_index("clk"), "clk", label)
+    def _pid_codes(self, pid: pa.Array) -> np.ndarray:
+        """Each pid as its index in ``self._pids`` (grown as new values appear); null: -1."""
+        encoded = pc.dictionary_encode(pid)
+        codes = [self._pids.setdefault(v, len(self._pids)) for v in encoded.dictionary.to_pylist()]
+        local = pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int32)
+        return np.where(local < 0, -1, np.asarray(codes, np.int32)[local])
 
-        return convert
-
-    @staticmethod
-    def _events(users: np.ndarray) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
-        """Converter for log batches: btag as a small code, only users with impressions."""
-        value_set = pa.array(users)
+    def _split_events(self, work: Path, n: int, users: np.ndarray) -> None:
+        """behavior_log into ``n`` record files by user, in file order; only users with an
+        impression; each event's user as its index in ``users``, its btag as a small code."""
         tags = pa.array(BTAGS)
-
-        def convert(batch: pa.RecordBatch) -> pa.RecordBatch:
+        for batch in self._batches_of("behavior_log.csv"):
             code = pc.index_in(batch.column("btag"), value_set=tags)
             if code.null_count:
                 bad = batch.column("btag").filter(pc.is_null(code))[0]
@@ -263,70 +288,84 @@ class TaobaoAdRawSource(BaseSource):
                     f"behavior_log.csv: column 'btag': unknown value {bad} "
                     f"(expected one of {', '.join(BTAGS)})"
                 )
-            batch = batch.set_column(
-                batch.schema.get_field_index("btag"), "btag", pc.cast(code, pa.int8())
-            )
-            return batch.filter(pc.is_in(batch.column("user"), value_set=value_set))
-
-        return convert
+            user = batch.column("user").to_numpy()
+            rank = np.searchsorted(users, user)
+            keep = users[np.minimum(rank, len(users) - 1)] == user
+            rec = np.empty(int(keep.sum()), EVENT)
+            rec["rank"], rec["time"] = rank[keep], batch.column("time_stamp").to_numpy()[keep]
+            rec["btag"] = code.to_numpy(zero_copy_only=False)[keep]
+            nulls = np.zeros(len(rec), np.uint8)
+            for bit, name in enumerate(("cate", "brand")):  # a null as a bit: 1 cate, 2 brand
+                col = batch.column(name)
+                rec[name] = pc.fill_null(col, 0).to_numpy()[keep]
+                nulls |= col.is_null().to_numpy(zero_copy_only=False)[keep].astype(np.uint8) << bit
+            rec["nulls"] = nulls
+            _append(work / "events", _bucket_of(user[keep], n), n, rec)
 
     # -- the rows ------------------------------------------------------------------------
     def batches(self, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         """Impressions bucket by bucket, in chunks of at most ``chunk_rows`` rows."""
         work = self._partition()
         ads, profiles = self._small("ad_feature.csv"), self._small("user_profile.csv")
+        # Histories are the widest columns: a chunk holds at most _HISTORY_ENTRIES of them.
+        rows = min(chunk_rows, max(1, _HISTORY_ENTRIES // self.options.max_len))
         for b in range(self._n):
-            imp = pq.read_table(work / f"raw_sample.csv.{b}.parquet")
-            if imp.num_rows == 0:
-                continue
-            log_file = work / f"behavior_log.csv.{b}.parquet"  # absent: the log has no rows
-            ev = pq.read_table(log_file) if log_file.exists() else EVENTS.empty_table()
-            yield from self._bucket(imp, ev, ads, profiles, chunk_rows)
+            imp = _read(work / "samples", b, IMPRESSION)
+            if len(imp):
+                ev = _read(work / "events", b, EVENT)
+                yield from self._bucket(imp, ev, ads, profiles, rows)
 
     def _small(self, file: str) -> pa.Table:
         """A small table (ads, profiles), read whole; the first row of a repeated key wins."""
         schema = pa.schema(list(TABLES[file].items()))
-        batches = _read_csv(self.options.path / file, self._headers[file], self.options.block_mb)
-        return pa.Table.from_batches(list(batches), schema=schema)
+        table = pa.Table.from_batches(list(self._batches_of(file)), schema=schema)
+        if "price" in table.column_names:  # an infinite price has no mean or quantiles
+            try:
+                finite_numbers(_plain(table["price"]), "price", 0)
+            except FinedError as err:
+                raise FinedError(f"{self.options.path / file}: {err}") from None
+        return table
 
     def _bucket(
-        self, imp: pa.Table, ev: pa.Table, ads: pa.Table, profiles: pa.Table, chunk_rows: int
+        self, imp: np.ndarray, ev: np.ndarray, ads: pa.Table, profiles: pa.Table, chunk_rows: int
     ) -> Iterator[pa.RecordBatch]:
         """One bucket's impressions, in file order, joined with ads, profiles and histories."""
         # Each impression's events strictly before it, the last max_len, oldest first; ties
-        # keep file order (the buckets keep it and the sort is stable): the same rows each call.
-        offsets, events = events_before(
-            imp["user"].to_numpy(),
-            imp["time_stamp"].to_numpy(),
-            ev["user"].to_numpy(),
-            ev["time_stamp"].to_numpy(),
-            self.options.max_len,
-        )
-        # Small-table joins by key lookup (index_in keeps the impression order; no match: null).
-        ad_rows = ads.take(pc.index_in(imp["adgroup_id"], value_set=ads["adgroup_id"]))
-        prof_rows = profiles.take(pc.index_in(imp["user"], value_set=profiles["userid"]))
-        local = imp["time_stamp"].to_numpy() + CHINA
-        cols: dict[str, pa.Array | pa.ChunkedArray] = {
-            "label": imp["clk"],
-            "time": imp["time_stamp"],
-            "userid": imp["user"],
+        # keep file order (the record files keep it and the sort is stable).
+        history = SortedEvents(ev["rank"], ev["time"])
+        ev_cols = {
+            "cate": pa.array(ev["cate"], mask=(ev["nulls"] & 1) > 0),
+            "brand": pa.array(ev["brand"], mask=(ev["nulls"] & 2) > 0),
+            "btag": pa.array(ev["btag"]),
+        }
+        # Small-table joins by key lookup, once a bucket (index_in keeps the order; no
+        # match: null); the chunks slice them.
+        user, adgroup = pa.array(imp["user"]), pa.array(imp["adgroup"])
+        ad_rows = ads.take(pc.index_in(adgroup, value_set=ads["adgroup_id"]))
+        prof_rows = profiles.take(pc.index_in(user, value_set=profiles["userid"]))
+        local = imp["time"] + CHINA
+        flat: dict[str, Any] = {
+            "label": pa.array(imp["clk"]),
+            "time": pa.array(imp["time"]),
+            "userid": user,
             **{c: prof_rows[c] for c in PROFILE},
-            "adgroup_id": imp["adgroup_id"],
+            "adgroup_id": adgroup,
             **{c: ad_rows[c] for c in AD},
             "price": ad_rows["price"],
-            "pid": imp["pid"],
+            "pid": pa.array(list(self._pids), pa.string()).take(
+                pa.array(imp["pid"], mask=imp["pid"] < 0)
+            ),
             "hour": pa.array(local // 3600 % 24),
             "weekday": pa.array((local // 86400 + 3) % 7),  # 1970-01-01 was a Thursday
         }
-        flat = pa.table(cols).combine_chunks().to_batches()[0]  # one batch: plain Arrays
-        ev_cols = {c: ev[c].combine_chunks() for c in ("cate", "brand", "btag")}
+        flat = {c: _plain(v) for c, v in flat.items()}
+        ranks = np.searchsorted(self._users, imp["user"])
         tags = pa.array(BTAGS)
-
-        for lo in range(0, imp.num_rows, chunk_rows):
-            hi = min(lo + chunk_rows, imp.num_rows)
-            idx = pa.array(events[offsets[lo] : offsets[hi]])
-            lists = pa.array((offsets[lo : hi + 1] - offsets[lo]).astype(np.int32))
-            values = {c: flat[c].slice(lo, hi - lo) for c in flat.schema.names}
+        for lo in range(0, len(imp), chunk_rows):
+            hi = min(lo + chunk_rows, len(imp))
+            offsets, events = history.before(ranks[lo:hi], imp["time"][lo:hi], self.options.max_len)
+            lists, idx = pa.array(offsets.astype(np.int32)), pa.array(events)
+            values = {c: v.slice(lo, hi - lo) for c, v in flat.items()}
             values["hist_cate"] = pa.ListArray.from_arrays(lists, ev_cols["cate"].take(idx))
             values["hist_brand"] = pa.ListArray.from_arrays(lists, ev_cols["brand"].take(idx))
             btag = tags.take(ev_cols["btag"].take(idx))
