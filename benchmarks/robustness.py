@@ -136,7 +136,7 @@ def write_mind(directory: Path, days: int = 6, per_day: int = 4000, seed: int = 
     )
 
 
-def plant_kb(runner: Any, seed: int, kind: int) -> None:
+def plant_kb(run: Any, seed: int, kind: int) -> None:
     """Put a KB of the wanted quality where the run looks for its own (built or loaded):
     ``kind`` epochs of training; 0: never trained; -1: trained on shuffled labels."""
     import torch
@@ -145,20 +145,20 @@ def plant_kb(runner: Any, seed: int, kind: int) -> None:
     from fined.knowledge.knowledge_base import KnowledgeBase
     from fined.train.trainer import Trainer
 
-    config = runner.config
+    config = run.config
     spec = next(s for s in config.strategies if s.uses_kb)
     kb_config = config.kb_config(spec)
-    directory = runner.directory.kb(runner.kbs.name(kb_config, seed, runner.s - 1))
+    directory = run.directory.kb(run.kbs.name(kb_config, seed, run.s - 1))
     if (directory / "kb.json").is_file():
         return
-    periods = list(range(runner.s))
+    periods = list(range(run.s))
     last = periods[-1]
     torch.manual_seed(seed)
-    kb = KnowledgeBase(runner.data.feature_map, kb_config, known_through=last)
+    kb = KnowledgeBase(run.data.feature_map, kb_config, known_through=last)
     metrics: dict[str, Any] = {"seed": seed, "planted": kind}
     if kind != 0:
-        rows = runner.data.train(periods, last)
-        holdout = runner.data.holdout(periods, last)
+        rows = run.data.train(periods, last)
+        holdout = run.data.holdout(periods, last)
         if kind < 0:  # the KB's periods with their labels shuffled: a past that misleads
             g = torch.Generator().manual_seed(seed)
             shuffled = rows.label[torch.randperm(len(rows), generator=g)]
@@ -185,9 +185,9 @@ def run_setting(name: str, sections: dict[str, Any], kb_kind: Any, args: Any) ->
     if kb_kind is not None:
         runner = Runner(config, root)
         with runner.directory.claimed():
-            runner.open()
+            run = runner.open()
             for seed in args.seeds:
-                plant_kb(runner, seed, kb_kind)
+                plant_kb(run, seed, kb_kind)
     return Runner(config, root).run()
 
 

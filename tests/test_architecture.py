@@ -5,6 +5,7 @@ config is validated whole at load; and a new model or strategy needs no edit of 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import polars as pl
@@ -86,6 +87,187 @@ def test_no_import_cycles(graph) -> None:
         if module not in state:
             visit(module, [module])
     assert not cycles, cycles
+
+
+def _self_assignments(cls: ast.ClassDef) -> list[str]:
+    """``self.x = ...`` (or ``+=``, annotated) in the methods of ``cls`` but ``__init__``."""
+    found = []
+    for method in cls.body:
+        if not isinstance(method, ast.FunctionDef) or method.name == "__init__":
+            continue
+        for node in ast.walk(method):
+            targets: list[ast.expr] = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+                targets = [node.target]
+            while targets:  # unpacked: a, self.x = ...
+                t = targets.pop()
+                if isinstance(t, ast.Tuple | ast.List):
+                    targets.extend(t.elts)
+                elif isinstance(t, ast.Starred):
+                    targets.append(t.value)
+                elif isinstance(t, ast.Attribute) and ast.unparse(t.value) == "self":
+                    found.append(f"{cls.name}.{method.name} sets self.{t.attr}")
+    return found
+
+
+def test_the_runner_is_whole_when_built_and_its_opened_run_never_changes() -> None:
+    """``Runner`` sets its attributes in ``__init__`` only; ``open()`` returns the opened
+    run, frozen."""
+    import dataclasses
+
+    from fined.protocol.opened_run import OpenedRun
+
+    tree = ast.parse((SRC / "protocol" / "runner.py").read_text())
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert "Runner" in {c.name for c in classes}
+    late = [x for c in classes for x in _self_assignments(c)]
+    assert not late, late
+    assert dataclasses.is_dataclass(OpenedRun) and OpenedRun.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+# FINED's own types may be told apart only where FINED lives (and where models are stored):
+# the generic layers ask a strategy or a model through their interfaces instead.
+FINED_HOMES = ("knowledge/", "protocol/strategies/", "artifacts/")
+
+
+def _fined_types() -> set[str]:
+    files = [*(SRC / "knowledge").rglob("*.py"), SRC / "protocol" / "strategies" / "fined.py"]
+    return {
+        node.name
+        for path in files
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef)
+    }
+
+
+def _isinstance_types(path: Path) -> set[str]:
+    """The names of the classes a file tests with ``isinstance``/``issubclass``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("isinstance", "issubclass")
+            and len(node.args) == 2
+        ):
+            for t in ast.walk(node.args[1]):
+                if isinstance(t, ast.Name):
+                    found.add(t.id)
+                elif isinstance(t, ast.Attribute):
+                    found.add(t.attr)
+    return found
+
+
+def test_fined_types_are_told_apart_only_where_fined_lives() -> None:
+    fined = _fined_types()
+    assert {"FinedSpec", "FinedModel", "KnowledgeBase", "AdaptorConfig"} <= fined
+    found = {}
+    for path in SRC.rglob("*.py"):
+        name = path.relative_to(SRC).as_posix()
+        if name.startswith(FINED_HOMES):
+            continue
+        tested = _isinstance_types(path) & fined
+        if tested:
+            found[name] = sorted(tested)
+    assert not found, found
+
+
+# -- typed seams: a training pass's parts are fields; the trainer owns every optimizer ----------
+def _string_keyed_parts(node: ast.AST) -> bool:
+    """``x.parts["..."]`` or ``x.parts.get("...")`` with ``x`` not ``self`` (a class's own
+    dict): a string key crossing from one object to another."""
+    if isinstance(node, ast.Subscript):
+        target, key = node.value, node.slice
+    elif (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "get"
+        and node.args
+    ):
+        target, key = node.func.value, node.args[0]
+    else:
+        return False
+    return (
+        isinstance(target, ast.Attribute)
+        and target.attr == "parts"
+        and ast.unparse(target.value) != "self"
+        and isinstance(key, ast.Constant)
+        and isinstance(key.value, str)
+    )
+
+
+def test_a_model_is_known_by_its_description_not_its_class() -> None:
+    """What keeps, exports or trains a model types it as a ``ScoringModel`` and asks its
+    ``describe()``: no union of model classes (``CTRModel | FinedModel``) anywhere."""
+    from fined.knowledge.fined_model import FinedModel
+    from fined.models.ctr_model import CTRModel
+    from fined.models.scoring import ScoringModel
+
+    assert issubclass(CTRModel, ScoringModel) and issubclass(FinedModel, ScoringModel)
+    unions = [
+        f"{path.relative_to(SRC)}:{node.lineno}"
+        for path in SRC.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.BitOr)
+        and {"CTRModel", "FinedModel"} <= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    ]
+    assert not unions, unions
+
+
+def test_training_passes_are_typed_not_string_keyed() -> None:
+    """What a loss reads of a training pass (the KB's knowledge and verdict, the teacher's
+    probabilities) is a field of a frozen dataclass: a renamed or missing one fails at once
+    (an AttributeError; mypy before), never as a silently absent key."""
+    import dataclasses
+
+    from fined.knowledge.fined_model import FinedForward, KBVerdict
+    from fined.knowledge.knowledge_base import KBForward, Knowledge
+    from fined.models.trainable import Forward, Teacher
+
+    for cls in (Forward, KBForward, FinedForward, Knowledge, KBVerdict, Teacher):
+        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+        untyped = [
+            f.name for f in dataclasses.fields(cls) if re.search(r"\b(dict|Mapping)\b", str(f.type))
+        ]
+        assert not untyped, (cls.__name__, untyped)
+    with pytest.raises(AttributeError):
+        Forward(logits=torch.zeros(2)).parts  # type: ignore[attr-defined]  # noqa: B018
+    keyed = [
+        f"{path.relative_to(SRC)}:{node.lineno}"  # type: ignore[attr-defined]
+        for path in SRC.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if _string_keyed_parts(node)
+    ]
+    assert not keyed, keyed
+
+
+def test_the_trainer_owns_every_optimizer() -> None:
+    """No optimizer is built outside ``fined.train``: a module declares the parameters it
+    trains apart and their loss (``Trainable.auxiliary_groups``); the trainer builds, steps,
+    averages (DDP) and checkpoints their optimizers."""
+    found = []
+    for path in SRC.rglob("*.py"):
+        if path.relative_to(SRC).parts[0] == "train":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            uses = (
+                isinstance(node, ast.Attribute)
+                and node.attr == "optim"
+                and ast.unparse(node.value) == "torch"
+            ) or (
+                isinstance(node, ast.ImportFrom)
+                and node.module is not None
+                and (
+                    node.module.startswith("torch.optim")
+                    or (node.module == "torch" and any(a.name == "optim" for a in node.names))
+                )
+            )
+            if uses:
+                found.append(f"{path.relative_to(SRC)}:{node.lineno}")  # type: ignore[attr-defined]
+    assert not found, found
 
 
 @pytest.fixture(scope="module")

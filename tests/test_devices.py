@@ -234,12 +234,11 @@ def test_every_strategy_follows_a_move_of_its_model(kind, data, tmp_path) -> Non
     kinds = ["incremental"] + ([kind] if kind != "incremental" else [])
     kb = {"slots": 4, "dim": 8, "l0_warmup_steps": 4}
     config = load_run_config(write_run_config(tmp_path / "run.yaml", data, kinds, kb=kb))
-    runner = Runner(config, tmp_path / "out")
-    runner.open()
+    run = Runner(config, tmp_path / "out").open()
     spec = config.strategies[-1]
-    strategy = spec.strategy(spec, runner.context(spec, "deepfm", 1))
-    t = runner.steps[0]
-    warm = runner.base_model("deepfm").state_dict()
+    strategy = spec.strategy(spec, run.context(spec, "deepfm", 1))
+    t = run.steps[0]
+    warm = run.base_model("deepfm").state_dict()
     net = strategy.build(t, warm, from_warmup=True)
     previous = strategy.build(t, net.state_dict(), from_warmup=False)  # a model of t-1
     trainable = strategy.trainable(previous).double()
@@ -280,7 +279,7 @@ def test_a_teacher_with_norms_loads_back_from_a_plain_state_dict() -> None:
 
     student = Normed()
     student(torch.randn(8, 3))  # running statistics that differ from the defaults
-    wrapped = Distilled(student, student, 0.5)
+    wrapped = Distilled(student, 0.5)
     plain = {k: v.clone() for k, v in wrapped.state_dict().items()}
     wrapped.load_state_dict(plain)
     assert not any(k.startswith("teacher.") for k in plain)

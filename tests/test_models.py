@@ -27,7 +27,11 @@ from fined.data.loader import PeriodStore
 from fined.data.prepare import prepare
 from fined.data.schema import PrepareConfig
 from fined.errors import FinedError
+from fined.knowledge.adaptor import AdaptorConfig
+from fined.knowledge.fined_model import FinedModel
+from fined.knowledge.knowledge_base import KBConfig, KnowledgeBase
 from fined.models import build_model
+from fined.models.scoring import KnowledgeDescription
 from fined.models.warm_start import load_overlapping
 from fined.train.config import TrainConfig
 from fined.train.metrics import auc
@@ -206,6 +210,8 @@ def test_forward_and_knowledge_tokens(variant, movielens, synthetic) -> None:
 
     with pytest.raises(ValueError, match="knowledge tokens"):
         model(batch)
+    with pytest.raises(ValueError, match=r"expected \[B, 3, "):  # the one path, checked
+        model.append_tokens(model.embedding(batch), other[:, :2])
     plain = build(variant, fmap)
     assert plain.num_fields == model.num_fields - 3
     assert plain(batch).shape == (len(batch),)
@@ -240,6 +246,24 @@ def test_save_load_same_predictions(variant, movielens, synthetic, tmp_path) -> 
     loaded, _ = load_model(tmp_path, fmap)
     with torch.no_grad():
         assert torch.equal(loaded(batch), before)
+
+
+def test_a_model_describes_itself_as_its_store_rebuilds_it(synthetic, tmp_path) -> None:
+    """A plain and a FINED model say what they are through ``describe()`` (all the store and
+    export ask of them): each reloads with the same description, the FINED one with its
+    KB's and adaptor's settings."""
+    fmap = synthetic[0]
+    adaptor = AdaptorConfig()
+    kb = KnowledgeBase(fmap, KBConfig(slots=3, dim=8), known_through=0)
+    plain = build("deepfm", fmap)
+    fined = FinedModel(build("deepfm", fmap, knowledge_tokens=adaptor.tokens), kb, adaptor)
+    for name, model in [("plain", plain), ("fined", fined)]:
+        (tmp_path / name).mkdir()
+        save_model(tmp_path / name, model, {})
+        loaded, _ = load_model(tmp_path / name, fmap)
+        assert loaded.describe() == model.describe()
+    assert plain.describe().knowledge is None
+    assert fined.describe().knowledge == KnowledgeDescription(kb.config, 0, adaptor)
 
 
 # -- configuration errors --------------------------------------------------------------------

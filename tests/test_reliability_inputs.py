@@ -156,6 +156,17 @@ def test_a_size_edited_in_model_json_is_refused_before_it_is_allocated(
     assert not scores.exists()
 
 
+def test_an_allocation_the_machine_refuses_is_one_line(request, tmp_path, capsys) -> None:
+    """`embedding_dim: 10**12` asked of a new model: PyTorch's allocator refused it with a
+    RuntimeError traceback (a MemoryError or a ulimit -v ends the same way)."""
+    data = request.getfixturevalue("small")
+    out = tmp_path / "model"
+    code, _, err = run(capsys, "train", "--data", data, "--model", "deepfm", "--train-periods",
+                       "0:1", "--out", out, "--set", "embedding_dim=1000000000000")  # fmt: skip
+    one_error(code, err, "out of memory", "GiB asked at once", "embedding_dim")
+    assert not out.exists()
+
+
 # -- 7. smaller breaks -----------------------------------------------------------------------------
 @pytest.mark.parametrize("offset", ["+05:00", "+0500", "-01:30", "Z"])
 def test_time_stamps_with_a_utc_offset_are_read_as_their_instant(tmp_path, capsys, offset) -> None:

@@ -28,8 +28,7 @@ from fined.data.batch import Batch
 from fined.data.feature_map import FeatureMap
 from fined.errors import FinedError
 from fined.io import atomic_write_bytes, atomic_write_json
-from fined.knowledge.fined_model import FinedModel
-from fined.models.ctr_model import CTRModel
+from fined.models.scoring import ScoringModel
 
 Format = Literal["torchscript", "onnx"]
 
@@ -40,9 +39,9 @@ class Scorer(nn.Module):
 
     id_limits: torch.Tensor  # a buffer: each id field's vocabulary size as of known_through
 
-    def __init__(self, model: CTRModel | FinedModel, known_through: int) -> None:
+    def __init__(self, model: ScoringModel[Any], known_through: int) -> None:
         super().__init__()
-        fmap = model.feature_map
+        fmap = model.describe().feature_map
         self.model = model.eval()
         self.names = [spec["name"] for spec in input_spec(fmap)]
         self.id_fields, self.float_fields = len(fmap.id_features), len(fmap.float_features)
@@ -92,7 +91,7 @@ def _example(fmap: FeatureMap, rows: int = 3) -> tuple[torch.Tensor, ...]:
 
 
 def export_model(
-    model: CTRModel | FinedModel,
+    model: ScoringModel[Any],
     known_through: int,
     out: str | Path,
     format: Format = "torchscript",
@@ -100,7 +99,8 @@ def export_model(
 ) -> dict[str, Any]:
     """Write the artefact to ``out`` and its sidecar to ``out.json``; returns the sidecar."""
     out = Path(out)
-    fmap = model.feature_map
+    described = model.describe()
+    fmap = described.feature_map
     scorer = Scorer(model, known_through).eval()
     example = _example(fmap)
     inputs = input_spec(fmap)
@@ -129,8 +129,8 @@ def export_model(
     atomic_write_bytes(out, buffer.getvalue())
     sidecar = {
         "format": format,
-        "model": type(model.base if isinstance(model, FinedModel) else model).model_name,
-        "fined_model": isinstance(model, FinedModel),
+        "model": described.model,
+        "fined_model": described.knowledge is not None,
         "fingerprint": fmap.fingerprint,
         "known_through": known_through,
         "inputs": inputs,

@@ -25,7 +25,8 @@ from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
 from fined.knowledge.adaptor import AdaptorConfig
 from fined.knowledge.fined_model import FinedModel
-from fined.models.ctr_model import CTRModel, build_model
+from fined.models.ctr_model import build_model
+from fined.models.scoring import ScoringModel
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -45,27 +46,29 @@ class ModelInfo(BaseModel):
     train_periods: list[int] = Field(default_factory=list)
 
 
-def describe_model(model: CTRModel | FinedModel) -> dict[str, Any]:
-    """What it takes to rebuild ``model`` (before its weights are loaded)."""
-    base = model.base if isinstance(model, FinedModel) else model
-    meta = {
-        "model": base.model_name,
-        "model_config": base.config.model_dump(),
-        "knowledge_tokens": base.knowledge_tokens,
-        "fingerprint": base.feature_map.fingerprint,
+def describe_model(model: ScoringModel[Any]) -> dict[str, Any]:
+    """What it takes to rebuild ``model`` (before its weights are loaded), as ``model.json``
+    records it."""
+    about = model.describe()
+    fingerprint = about.feature_map.fingerprint
+    meta: dict[str, Any] = {
+        "model": about.model,
+        "model_config": about.settings.model_dump(),
+        "knowledge_tokens": about.knowledge_tokens,
+        "fingerprint": fingerprint,
     }
-    if isinstance(model, FinedModel):
+    if about.knowledge is not None:
         meta["kb"] = {
             "format": KB_FORMAT,
-            "config": model.kb.config.model_dump(),
-            "known_through": model.kb.known_through,
-            "fingerprint": base.feature_map.fingerprint,
+            "config": about.knowledge.kb.model_dump(),
+            "known_through": about.knowledge.known_through,
+            "fingerprint": fingerprint,
         }
-        meta["adaptor"] = model.adaptor_config.model_dump()
+        meta["adaptor"] = about.knowledge.adaptor.model_dump()
     return meta
 
 
-def rebuild_model(meta: dict[str, Any], feature_map: FeatureMap) -> CTRModel | FinedModel:
+def rebuild_model(meta: dict[str, Any], feature_map: FeatureMap) -> ScoringModel[Any]:
     """An untrained model shaped as a (checked) description says."""
     info = parse_model(ModelInfo, meta, "model description")
     base = build_model(
@@ -115,7 +118,7 @@ def _size_fields(meta: dict[str, Any]) -> list[tuple[str, int]]:
     return [(k, v) for k, v in found if isinstance(v, int) and not isinstance(v, bool)]
 
 
-def save_model(run_dir: str | Path, model: CTRModel | FinedModel, info: dict[str, Any]) -> str:
+def save_model(run_dir: str | Path, model: ScoringModel[Any], info: dict[str, Any]) -> str:
     """The weights, then their description (last: it vouches for them by their digest);
     returns the digest."""
     run_dir = Path(run_dir)
@@ -132,9 +135,15 @@ def read_model_info(run_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def known_through(meta: dict[str, Any], feature_map: FeatureMap) -> int:
+    """The last period whose ids a saved model knows: the last it was trained on (every
+    period of the data when its description names none); later ids are OOV to it."""
+    return max(meta.get("train_periods") or [len(feature_map.periods) - 1])
+
+
 def load_model(
     run_dir: str | Path, feature_map: FeatureMap
-) -> tuple[CTRModel | FinedModel, dict[str, Any]]:
+) -> tuple[ScoringModel[Any], dict[str, Any]]:
     """Rebuild a saved model for ``feature_map`` (which must be the one it was trained on)."""
     run_dir = Path(run_dir)
     meta = read_model_info(run_dir)

@@ -159,7 +159,31 @@ def main(argv: list[str] | None = None) -> int:
         print_error(f"{where}{describe_os_error(err)}")
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except (MemoryError, RuntimeError) as err:  # RuntimeError: only PyTorch's failed allocations
+        said = _out_of_memory(err)
+        if said is None:
+            raise
+        print_error(said)
+    except ImportError as err:  # a broken install, or a memory limit too low to load a library
+        print_error(
+            f"could not load {err.name or 'a library'} ({err}): reinstall it, or raise the "
+            "memory limit (ulimit -v) if one is set"
+        )
     return 2
+
+
+def _out_of_memory(err: BaseException) -> str | None:
+    """The one line for an allocation the machine (or its ulimit) refused; None when ``err``
+    is not one."""
+    text = str(err)
+    if not isinstance(err, MemoryError) and "can't allocate memory" not in text:
+        return None
+    size = re.search(r"allocate (\d+) bytes", text)
+    asked = f" ({int(size.group(1)) / 2**30:,.1f} GiB asked at once)" if size else ""
+    return (
+        f"out of memory{asked}: lower the sizes that set it (embedding_dim, batch_size, "
+        "chunk_rows, the number of rows) or free memory"
+    )
 
 
 def _sentence(message: str) -> str:

@@ -134,6 +134,7 @@ def inspect(
     if plot is not None:
         check_output_file(plot, overwrite, "--plot")
     from fined.artifacts.kb_store import load_kb
+    from fined.data.datasets.synthetic import read_ground_truth
     from fined.devices import resolve_device
     from fined.knowledge.inspection import inspect_kb, recovery
     from fined.train.selection import parse_periods
@@ -163,8 +164,8 @@ def inspect(
     )
     console.print(table)
 
-    truth_path = Path(data) / "ground_truth.json"
-    planted = _planted_fields(truth_path) if truth_path.is_file() else None
+    truth = read_ground_truth(data)
+    planted = truth.patterns if truth is not None else None
     if planted is not None:
         rec = Table(title="planted patterns (synthetic ground truth)")
         for col in ("planted fields", "best slot", "Jaccard"):
@@ -185,17 +186,3 @@ def inspect(
         )
         gate_heatmap(ins, plot, title, planted)
         console.print(f"wrote {plot}")
-
-
-def _planted_fields(path: Path) -> list[list[str]]:
-    """The planted field sets of a synthetic dataset's ``ground_truth.json``."""
-    from fined.io import read_json
-
-    doc = read_json(path, "synthetic ground truth")
-    try:
-        planted = [list(p["fields"]) for p in doc["patterns"]]
-    except (KeyError, TypeError) as err:
-        raise FinedError(f"{path}: malformed ground truth ({err})") from None
-    if not all(isinstance(f, str) for fields in planted for f in fields):
-        raise FinedError(f"{path}: malformed ground truth (field names must be text)")
-    return planted

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.table import Table
@@ -102,7 +102,7 @@ def train(
                           f"finished epoch in {out}", markup=False, highlight=False)  # fmt: skip
         raise  # exit code 130
     if distributed.context().main:
-        title = f"{job.model.model_name}: best epoch {job.fit.best_epoch}"
+        title = f"{job.model.describe().model}: best epoch {job.fit.best_epoch}"
         console.print(_metrics_table(title, job.metrics))
     distributed.teardown()
 
@@ -128,15 +128,6 @@ def _name_the_source(model: str, config: Path | None, sets: list[str]) -> None:
         check(*load_settings(config, sets), f"--set {' '.join(sets)}")
 
 
-def _load_run(run_dir: Path, data: Path):
-    from fined.artifacts.model_store import load_model
-    from fined.data.loader import PeriodStore
-
-    store = PeriodStore(data)
-    net, meta = load_model(run_dir, store.feature_map)
-    return store, net, meta
-
-
 @app.command("evaluate")
 def evaluate(
     run: Annotated[Path, typer.Option(help="A run directory written by `fined train`.")],
@@ -146,15 +137,17 @@ def evaluate(
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """AUC, gAUC and LogLoss of a trained model on some periods."""
+    from fined.data.loader import Part
     from fined.devices import resolve_device
+    from fined.train.predict import load_saved
     from fined.train.selection import parse_periods
     from fined.train.trainer import Trainer
 
     if part not in ("all", "train", "holdout"):
         raise FinedError(f"--part {part!r}: expected all, train or holdout")
-    store, net, meta = _load_run(run, data)
+    saved = load_saved(run, data)
+    store, meta = saved.store, saved.meta
     chosen = parse_periods(periods, store.feature_map)
-    known = max(meta.get("train_periods") or [len(store.feature_map.periods) - 1])
     seen = sorted(set(chosen) & set(meta.get("train_periods") or []))
     if seen:
         names = ", ".join(store.feature_map.periods[p].name for p in seen)
@@ -162,8 +155,9 @@ def evaluate(
             Text.assemble(("warning:", "bold yellow"), f" the model was trained on {names}: "
                           "scores there are not a test of it"), soft_wrap=True,
         )  # fmt: skip
-    trainer = Trainer(net, device=resolve_device(device))
-    metrics = trainer.evaluate(store.load(chosen, part, known_through=known))
+    trainer = Trainer(saved.model, device=resolve_device(device))
+    rows = store.load(chosen, cast(Part, part), known_through=saved.known_through)  # checked
+    metrics = trainer.evaluate(rows)
     console.print(_metrics_table(f"{meta['model']} on periods {periods}", {part: metrics}))
     console.print(json.dumps({k: v for k, v in metrics.items()}))
 
@@ -187,61 +181,19 @@ def predict(
 ) -> None:
     """Click probabilities for every row of some periods, to CSV or Parquet; --columns
     passes raw ids (and "row", the row's place in its period) through, to join back."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-    import torch
-
-    from fined.data.raw_rows import RawRowEncoder
-    from fined.devices import resolve_device
-    from fined.io import atomic_write_bytes
     from fined.outputs import check_output_file
+    from fined.train.predict import SCORE_FORMATS, load_saved, predict, write_scores
     from fined.train.selection import parse_periods
-    from fined.train.trainer import Trainer
 
-    if out.suffix not in (".csv", ".parquet"):
+    if out.suffix not in SCORE_FORMATS:
         raise FinedError(f"--out {out}: use a .csv or .parquet file name")
     check_output_file(out, overwrite, "--out")
-    store, net, meta = _load_run(run, data)
-    fmap = store.feature_map
-    chosen = parse_periods(periods, fmap)
-    known = max(meta.get("train_periods") or [len(fmap.periods) - 1])
+    saved = load_saved(run, data)
+    chosen = parse_periods(periods, saved.store.feature_map)
     passed = [c.strip() for c in columns.split(",") if c.strip()]
-    raw = RawRowEncoder(data) if [c for c in passed if c != "row"] else None
-    ids = {f.name: j for j, f in enumerate(fmap.id_features)}
-    for name in passed:
-        if name != "row" and (name not in ids or fmap.feature(name).kind != "categorical"):
-            raise FinedError(f"--columns {name!r}: not a categorical feature (nor `row`)")
-    trainer = Trainer(net, device=resolve_device(device))
-    limits, seq_limits = fmap.known_limits(known)
-    parts = []
-    for p in chosen:
-        stored = store.load([p])  # as stored: raw ids decode from these
-        rows = stored.forget_later_ids(torch.tensor(limits), seq_limits)
-        table = {
-            "period": pa.array([fmap.periods[p].name] * len(rows)),
-            "time": rows.time.numpy(),
-            "label": rows.label.numpy().astype("int8"),
-            "score": trainer.predict(rows),
-        }
-        for name in passed:
-            if name == "row":
-                table["row"] = pa.array(range(len(rows)), pa.int64())
-            else:
-                assert raw is not None
-                values = raw.decode(name, stored.ids[:, ids[name]].numpy())
-                if len({type(v) for v in values if v is not None}) > 1:  # ids and "#bucket k"
-                    values = [None if v is None else str(v) for v in values]
-                table[name] = pa.array(values)
-        parts.append(pa.table(table))
-    table = pa.concat_tables(parts)
-    sink = pa.BufferOutputStream()
-    if out.suffix == ".csv":
-        pacsv.write_csv(table, sink)
-    else:
-        pq.write_table(table, sink)
-    atomic_write_bytes(out, sink.getvalue().to_pybytes())
-    console.print(f"wrote {table.num_rows:,} scores to {out}")
+    scores = predict(saved, chosen, passed, device)
+    write_scores(scores, out)
+    console.print(f"wrote {scores.num_rows:,} scores to {out}")
 
 
 @app.command("export")
@@ -262,6 +214,7 @@ def export(
     from fined.artifacts.export import export_model
     from fined.io import read_json
     from fined.outputs import check_output_file
+    from fined.train.predict import load_saved
 
     if format not in ("torchscript", "onnx"):
         raise FinedError(f"--format {format!r}: expected torchscript or onnx")
@@ -270,8 +223,8 @@ def export(
         if not (run / "run.json").is_file():
             raise FinedError(f"{run}: no run.json to find its data in; give --data")
         data = Path(read_json(run / "run.json", "run description")["data"])
-    store, net, meta = _load_run(run, data)
-    known = max(meta.get("train_periods") or [len(store.feature_map.periods) - 1])
-    sidecar = export_model(net, known, out, format, about={"run": str(run), "data": str(data)})  # type: ignore[arg-type]
+    saved = load_saved(run, data)
+    about = {"run": str(run), "data": str(data)}
+    sidecar = export_model(saved.model, saved.known_through, out, format, about)  # type: ignore[arg-type]
     names = ", ".join(spec["name"] for spec in sidecar["inputs"])
     console.print(f"wrote {out} ({format}; inputs {names}) and {out}.json")

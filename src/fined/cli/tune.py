@@ -76,10 +76,9 @@ def tune_train(
     with the chosen trial's model."""
     import yaml
 
-    from fined.artifacts.model_store import load_model
-    from fined.data.loader import PeriodStore
     from fined.devices import resolve_device
     from fined.io import atomic_write_json, atomic_write_text
+    from fined.train.predict import load_saved
     from fined.train.selection import parse_periods
     from fined.train.trainer import Trainer
     from fined.tune.objectives import TrainObjective
@@ -109,14 +108,13 @@ def tune_train(
         "valid": best.metrics,
     }
     if test:
-        store = PeriodStore(data)
-        net, meta = load_model(out / "trials" / f"{best.number:03d}", store.feature_map)
-        periods = parse_periods(test, store.feature_map)
-        known = max(meta["train_periods"])
+        saved = load_saved(out / "trials" / f"{best.number:03d}", data)
+        periods = parse_periods(test, saved.store.feature_map)
+        known = saved.known_through
         if min(periods) <= known:
             raise FinedError("--test periods must come after the training periods")
-        trainer_ = Trainer(net, device=resolve_device(device))
-        result["test"] = trainer_.evaluate(store.load(periods, known_through=known))
+        trainer_ = Trainer(saved.model, device=resolve_device(device))
+        result["test"] = trainer_.evaluate(saved.store.load(periods, known_through=known))
         console.print(f"chosen trial {best.number} ({format_settings(best.settings)}): "
                       f"test AUC {result['test']['auc']:.4f} (scored once)")  # fmt: skip
     atomic_write_json(out / "best.json", result)

@@ -41,7 +41,7 @@ from fined.data.vocab import (
 )
 from fined.errors import FinedError
 from fined.io import atomic_write_json, atomic_write_text
-from fined.outputs import replaced_directory
+from fined.outputs import read_marker, replaced_directory
 
 Progress = Callable[[str, int], None]  # (stage, rows done so far)
 _NUMERIC_SAMPLE = 200_000  # values kept per numeric feature and period to fit quantiles
@@ -71,6 +71,20 @@ def prepare(config: PrepareConfig, out: str | Path, progress: Progress | None = 
         return _prepare(source, config, out, progress)
     finally:
         source.close()
+
+
+def ensure_prepared(
+    config: PrepareConfig, out: str | Path, preparing: Callable[[], None] | None = None
+) -> Path:
+    """``out``, holding what ``config`` prepares: prepared now (``preparing`` called first)
+    unless its marker names this very job; another job's output there is replaced."""
+    out = Path(out)
+    marker = read_marker(out) if out.is_dir() else None
+    if marker is None or marker.get("job") != config.model_dump(mode="json"):
+        if preparing is not None:
+            preparing()
+        prepare(config, out)
+    return out
 
 
 def _prepare(

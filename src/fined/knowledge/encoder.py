@@ -5,7 +5,7 @@ Pattern k of an instance is pooled from its gated field embeddings: the masked m
 ``0.5 * ((sum_i z_ik e_i)^2 - sum_i z_ik^2 e_i^2)``. With a learned slot embedding
 concatenated, an MLP shared by all slots encodes them into ``(mu_k, log sigma_k^2)``; the
 knowledge vector is ``v_k = mu_k + sigma_k * eps`` in training and ``mu_k`` at inference
-(the frozen query, ``fined.knowledge.frozen``, computes ``mu_k`` alone).
+(the frozen KB's ``query`` computes ``mu_k`` alone, by ``frozen_means``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ by default, the KB's own click predictions are a second teacher (``kb_distill``)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import torch
 from torch.nn import functional as F
@@ -17,12 +18,30 @@ from fined.data.feature_map import FeatureMap
 from fined.knowledge.adaptor import AdaptorConfig, KnowledgeAdaptor
 from fined.knowledge.knowledge_base import KnowledgeBase
 from fined.models.ctr_model import CTRModel
-from fined.models.trainable import Forward, OwnLoss, Trainable, no_loss
+from fined.models.scoring import KnowledgeDescription, ModelDescription, ScoringModel
+from fined.models.trainable import Forward, OwnLoss, no_loss
 
 EARNED_STEP = 0.1  # kb_earned follows the last ~10 batches: a period's first steps decide
 
 
-class FinedModel(Trainable):
+@dataclass(frozen=True)
+class KBVerdict:
+    """The KB on a training batch: its click probabilities, and whether they earn it its
+    place (``kb_earned``; None where the model does not scale by it)."""
+
+    prob: torch.Tensor  # [B]
+    earned: torch.Tensor | None  # [] 0 or 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinedForward(Forward):
+    """A FINED model's training pass: the base model's, and (in training, where the pull or
+    ``kb_earned`` reads it) the KB's verdict on the rows."""
+
+    kb: KBVerdict | None
+
+
+class FinedModel(ScoringModel[FinedForward]):
     """A base CTR model (built with ``knowledge_tokens = m``) fed by a knowledge base."""
 
     base: CTRModel
@@ -62,6 +81,11 @@ class FinedModel(Trainable):
     def feature_map(self) -> FeatureMap:
         return self.base.feature_map
 
+    def describe(self) -> ModelDescription:
+        """The base model's description, with the KB and adaptor it is fed through."""
+        fed = KnowledgeDescription(self.kb.config, self.kb.known_through, self.adaptor_config)
+        return replace(self.base.describe(), knowledge=fed)
+
     def knowledge(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(V, gates)`` for the batch; differentiable only when fine-tuning the KB (in
         evaluation a fine-tuned KB is deterministic too, and takes the fast frozen path)."""
@@ -71,45 +95,46 @@ class FinedModel(Trainable):
         if not exporting and (self.adaptor_config.finetune_lr is None or not self.training):
             return self.kb.query(batch)
         out = self.kb.encode(batch)
-        return out["v"], out["z"]
+        return out.v, out.z
 
-    def forward_train(self, batch: Batch) -> Forward:
-        """Logits, the base model's field vectors, the knowledge the tokens came from and (in
-        training) the KB's click probabilities on these rows."""
+    def forward_train(self, batch: Batch) -> FinedForward:
+        """Logits, the base model's field vectors and (in training) the KB's verdict on these
+        rows."""
         fields = self.base.embedding(batch)
         knowledge = self.knowledge(batch)[0]
         # (a copy: the buffer moves on in auxiliary_step, before this step's backward)
         tokens = self.adaptor(fields, knowledge) * self.kb_earned.to(fields.dtype, copy=True)
-        logits = self.base.interact(torch.cat([fields, tokens], 1), batch)
-        parts = {"knowledge": knowledge}
-        config = self.adaptor_config
+        logits = self.base.interact(self.base.append_tokens(fields, tokens), batch)
+        config, verdict = self.adaptor_config, None
         if self.training and (config.kb_distill or config.kb_earned):  # else nothing reads them
             with torch.no_grad():
                 past = torch.sigmoid(self.kb.click_logits(knowledge))
-                parts["kb.prob"] = past
-                if config.kb_earned:
-                    parts["kb.earned"] = kb_earned(past, batch.label)
-        return Forward(logits, fields, parts)
+                earned = kb_earned(past, batch.label) if config.kb_earned else None
+                verdict = KBVerdict(past, earned)
+        return FinedForward(logits=logits, fields=fields, kb=verdict)
 
-    def auxiliary_step(self, out: Forward) -> None:
+    def auxiliary_step(self, out: FinedForward) -> None:
         """How far the KB has earned its place: a moving share of the recent batches on
         which it did (``kb_earned``), over about ten steps."""
-        if "kb.earned" in out.parts:
-            self.kb_earned.lerp_(out.parts["kb.earned"].to(self.kb_earned.dtype), EARNED_STEP)
+        if out.kb is not None and out.kb.earned is not None:
+            self.kb_earned.lerp_(out.kb.earned.to(self.kb_earned.dtype), EARNED_STEP)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.forward_train(batch).logits
 
-    def own_loss(self, batch: Batch, out: Forward) -> OwnLoss:
+    def own_loss(self, batch: Batch, out: FinedForward) -> OwnLoss:
         """``kb_distill`` times the BCE towards the KB's own click probabilities for the same
         knowledge, spread over the instances as ``kb_trust`` says (in training only:
         evaluation adds nothing)."""
         config = self.adaptor_config
         if not config.kb_distill or not self.training:
             return no_loss(out)
-        past = out.parts["kb.prob"]
+        if out.kb is None:
+            raise ValueError("a training pass without the KB's verdict (made in training)")
+        past = out.kb.prob
+        recent = out.teacher.prob if out.teacher is not None else None
         with torch.no_grad():
-            trust = kb_trust(config.kb_trust, past, out.parts.get("teacher.prob"))
+            trust = kb_trust(config.kb_trust, past, recent)
         per_row = F.binary_cross_entropy_with_logits(out.logits, past, reduction="none")
         term = per_row.mean() if trust is None else (trust * per_row).mean()
         earned = self.kb_earned.to(term.dtype, copy=True)

@@ -40,8 +40,8 @@ def field_names(kb: KnowledgeBase) -> list[str]:
 @torch.no_grad()
 def inspect_kb(kb: KnowledgeBase, data: Batch, top: int = 5) -> Inspection:
     kb.eval()
-    out = {k: v.cpu() for k, v in kb.encode(data).items()}  # computed where the KB is
-    z, names = out["z"], field_names(kb)
+    out = kb.encode(data)  # computed where the KB is
+    z, names = out.z.cpu(), field_names(kb)
     open_ = z > 0.5  # [N, F, K]
     slots = []
     for k in range(z.shape[2]):
@@ -58,9 +58,9 @@ def inspect_kb(kb: KnowledgeBase, data: Batch, top: int = 5) -> Inspection:
                 field_share=open_[:, :, k].float().mean(0).tolist(),
             )
         )
-    l0 = float(kb.extractor.gate.expected_l0(out["log_alpha"]).mean())
+    l0 = float(kb.extractor.gate.expected_l0(out.log_alpha.cpu()).mean())
     binary = float(((z == 0) | (z == 1)).float().mean())
-    mu = out["mu"]
+    mu = out.mu.cpu()
     mi = [
         [gaussian_mi(mu[:, a], mu[:, b]) if a != b else float("nan") for b in range(mu.shape[1])]
         for a in range(mu.shape[1])

@@ -8,8 +8,9 @@ sparse, and the MI term makes different slots store different things. Each term 
 switched off (that is how the ablations run).
 
 To the trainer it is a model like any other (``fined.models.trainable``): its head gives
-click logits, its own loss adds the bottleneck, L0 and disentanglement terms, and its
-auxiliary step trains the CLUB estimator's q-network on the step's detached vectors.
+click logits, its own loss adds the bottleneck, L0 and disentanglement terms, and it
+declares the CLUB estimator's q-network as an auxiliary group, which the trainer steps on the
+step's detached vectors.
 
 Stage 2 freezes it: ``query(batch) -> (V [B, K, d], gates [B, F, K])`` gives every instance
 its knowledge vectors, by the fast inference path of its modules (``frozen_*``); ids the KB
@@ -19,14 +20,13 @@ knowledge.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import Field
-from torch import nn
 from torch.nn import functional as F
 
-from fined import distributed
 from fined.config import StrictModel
 from fined.data.batch import Batch
 from fined.data.feature_map import FeatureMap
@@ -34,7 +34,7 @@ from fined.knowledge.encoder import KnowledgeEncoder
 from fined.knowledge.extractor import KnowledgeExtractor
 from fined.knowledge.regularizers import SlotMI, gaussian_kl
 from fined.models.layers import MLP
-from fined.models.trainable import Forward, OwnLoss, Trainable
+from fined.models.trainable import AuxiliaryGroup, Forward, OwnLoss, Trainable
 
 
 class KBConfig(StrictModel):
@@ -65,7 +65,26 @@ class KBConfig(StrictModel):
     storage: Literal["fp32", "fp16", "int8"] = "fp32"
 
 
-class KnowledgeBase(Trainable):
+@dataclass(frozen=True)
+class Knowledge:
+    """What the KB computes for a batch (``KnowledgeBase.encode``)."""
+
+    fields: torch.Tensor  # [B, F, d] its own field vectors
+    log_alpha: torch.Tensor  # [B, F, K] the gates' logits
+    z: torch.Tensor  # [B, F, K] the gates
+    v: torch.Tensor  # [B, K, d] the knowledge vectors (sampled in training, else mu)
+    mu: torch.Tensor  # [B, K, d] their means
+    logvar: torch.Tensor  # [B, K, d] their log-variances
+
+
+@dataclass(frozen=True, kw_only=True)
+class KBForward(Forward):
+    """A KB's training pass: its knowledge besides the logits (``latent``: the means)."""
+
+    knowledge: Knowledge
+
+
+class KnowledgeBase(Trainable[KBForward]):
     """Extractor + encoder + head. ``forward`` gives the stage-1 click logits ``[B]``."""
 
     steps: torch.Tensor  # a buffer: training steps seen
@@ -90,11 +109,6 @@ class KnowledgeBase(Trainable):
             if c.disentangled and c.slots > 1
             else None
         )
-        # The estimator's network learns in alternation with the KB, with its own optimizer;
-        # the trainer checkpoints it (``auxiliary_optimizers``) so that a resumed build is
-        # the uninterrupted one.
-        estimator = self._estimator_parameters()
-        self.q_optimizer = torch.optim.Adam(estimator, lr=c.club_lr) if estimator else None
         # Training steps seen (a buffer, so that a resumed build ramps the L0 weight alike).
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         ids, sequences = feature_map.known_limits(known_through)
@@ -112,18 +126,11 @@ class KnowledgeBase(Trainable):
         return batch.forget_later_ids(self.id_limits, self.seq_limits)
 
     # -- the knowledge ---------------------------------------------------------------------
-    def encode(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def encode(self, batch: Batch) -> Knowledge:
         """Field vectors, gates and knowledge ``v, mu, logvar`` (``[B, K, d]``) of a batch."""
         fields, log_alpha, z = self.extractor(self._known(batch))
         v, mu, logvar = self.encoder(fields, z)
-        return {
-            "fields": fields,
-            "v": v,
-            "mu": mu,
-            "logvar": logvar,
-            "log_alpha": log_alpha,
-            "z": z,
-        }
+        return Knowledge(fields=fields, log_alpha=log_alpha, z=z, v=v, mu=mu, logvar=logvar)
 
     @torch.no_grad()
     def query(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +142,7 @@ class KnowledgeBase(Trainable):
         device = batch.device.type
         if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
             out = self.encode(batch)  # the KB is in evaluation mode here: v = mu, fixed gates
-            return out["mu"], out["z"]
+            return out.mu, out.z
         fields = self.extractor.embedding(self._known(batch))
         z = self.extractor.frozen_gates(fields)
         return self.encoder.frozen_means(fields, z), z
@@ -145,31 +152,29 @@ class KnowledgeBase(Trainable):
         return self.head(v).squeeze(-1).sum(1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.click_logits(self.encode(batch)["v"])
+        return self.click_logits(self.encode(batch).v)
 
     # -- stage 1: the trainer's contract -----------------------------------------------------
-    def forward_train(self, batch: Batch) -> Forward:
-        out = self.encode(batch)
-        return Forward(self.click_logits(out["v"]), out["fields"], out)
+    def forward_train(self, batch: Batch) -> KBForward:
+        k = self.encode(batch)
+        return KBForward(logits=self.click_logits(k.v), fields=k.fields, latent=k.mu, knowledge=k)
 
-    def auxiliary_step(self, out: Forward) -> None:
-        """Count the step (the L0 ramp reads it) and train the MI estimator's network on this
-        step's detached knowledge vectors (CLUB's alternation), before the KB's own loss."""
+    def auxiliary_step(self, out: KBForward) -> None:
+        """Count the step (the L0 ramp reads it); the trainer then trains the MI estimator's
+        network (``auxiliary_groups``), before the KB's own loss."""
         self.steps += 1
-        if self.mi is not None and self.config.lambda_dis > 0:
-            self._train_estimator(out.parts["v"])
 
-    def own_loss(self, batch: Batch, out: Forward) -> OwnLoss:
-        c, parts = self.config, out.parts
+    def own_loss(self, batch: Batch, out: KBForward) -> OwnLoss:
+        c, k = self.config, out.knowledge
         total = out.logits.new_zeros(())
         bce = F.binary_cross_entropy_with_logits(out.logits.detach(), batch.label)
         terms = {"bce": bce}
         if c.essential and c.beta_ib > 0:
-            kl = gaussian_kl(parts["mu"], parts["logvar"]).mean()
+            kl = gaussian_kl(k.mu, k.logvar).mean()
             total = total + c.beta_ib * kl
             terms["kl"] = kl.detach()
         if c.sparse and c.lambda_l0 > 0 and not c.dense_gates:
-            l0 = self.extractor.gate.expected_l0(parts["log_alpha"]).mean()
+            l0 = self.extractor.gate.expected_l0(k.log_alpha).mean()
             # Gates that close before the task has shaped the embeddings never reopen (a
             # closed gate gets no task gradient): the penalty ramps up instead.
             # (in float64 on the device, as Python floats would be, without a sync)
@@ -180,37 +185,28 @@ class KnowledgeBase(Trainable):
             total = total + (c.lambda_l0 * ramp).to(l0.dtype) * l0
             terms["l0"] = l0.detach()
         if self.mi is not None and c.lambda_dis > 0:
-            mi = self.mi(parts["v"])
+            mi = self.mi(k.v)
             total = total + c.lambda_dis * mi
             terms["mi"] = mi.detach()
         return OwnLoss(total, terms)
 
     def parameter_groups(self) -> list[dict]:
-        """Everything but the MI estimator's own network, which has its own optimizer."""
+        """Everything but the MI estimator's own network, which is trained apart."""
         own = {id(p) for p in self.mi.parameters()} if self.mi is not None else set()
         return [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in own]}]
 
-    def auxiliary_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"mi": self.q_optimizer} if self.q_optimizer is not None else {}
-
-    def ddp_ignored_parameters(self) -> list[str]:
-        """The MI estimator's network is trained apart, with its own optimizer: DDP must not
-        manage it (``_train_estimator`` averages its gradients over the ranks itself)."""
-        return [f"mi.{n}" for n, _ in self.mi.named_parameters()] if self.mi is not None else []
-
-    def _estimator_parameters(self) -> list[nn.Parameter]:
-        if self.mi is None:
+    def auxiliary_groups(self) -> list[AuxiliaryGroup[KBForward]]:
+        """The MI estimator's network (CLUB's q-network) learns in alternation with the KB:
+        one step on the step's detached knowledge vectors, before the KB's own loss."""
+        mi = self.mi
+        if mi is None or self.config.lambda_dis <= 0:
             return []
-        code = list(self.mi.slot_code.parameters()) if self.mi.slot_code is not None else []
-        return list(self.mi.estimator.parameters()) + code
+        code = list(mi.slot_code.parameters()) if mi.slot_code is not None else []
+        params = list(mi.estimator.parameters()) + code
+        if not params:  # an estimator without a network (HSIC)
+            return []
 
-    def _train_estimator(self, v: torch.Tensor) -> None:
-        """One step of the estimator's own network on detached vectors (CLUB alternation)."""
-        if self.q_optimizer is None or self.mi is None:
-            return
-        params = self._estimator_parameters()
-        self.q_optimizer.zero_grad(set_to_none=True)
-        self.mi.learning_loss(v.detach()).backward()
-        distributed.average_gradients(params)
-        self.q_optimizer.step()
-        self.q_optimizer.zero_grad(set_to_none=True)
+        def loss(out: KBForward) -> torch.Tensor:
+            return mi.learning_loss(out.knowledge.v.detach())
+
+        return [AuxiliaryGroup("mi", params, self.config.club_lr, loss)]

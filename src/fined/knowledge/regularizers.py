@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -162,8 +160,3 @@ def gaussian_mi(x: torch.Tensor, y: torch.Tensor) -> float:
     dx = x.shape[1]
     ld = lambda m: torch.linalg.slogdet(m).logabsdet  # noqa: E731
     return float(0.5 * (ld(cov[:dx, :dx]) + ld(cov[dx:, dx:]) - ld(cov)))
-
-
-def true_gaussian_mi(rho: float, dim: int) -> float:
-    """I(X; Y) of standard Gaussians correlated by ``rho`` in each of ``dim`` dimensions."""
-    return -0.5 * dim * math.log(1.0 - rho * rho)

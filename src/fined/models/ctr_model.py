@@ -24,7 +24,8 @@ from fined.data.feature_map import FeatureMap
 from fined.errors import FinedError
 from fined.models.embedding import FeatureEmbedding
 from fined.models.layers import MLP, check_activation
-from fined.models.trainable import Forward, Trainable
+from fined.models.scoring import ModelDescription, ScoringModel
+from fined.models.trainable import Forward
 from fined.registry import Registry
 
 
@@ -43,7 +44,7 @@ class ModelConfig(StrictModel):
     _check_activation = field_validator("activation")(check_activation)
 
 
-class CTRModel(Trainable):
+class CTRModel(ScoringModel[Forward]):
     """Base of every model. Subclasses set ``config_class`` and implement ``interact``."""
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
@@ -79,31 +80,37 @@ class CTRModel(Trainable):
             in_dim, c.mlp, out=out, act=c.activation, dropout=c.dropout, batch_norm=c.batch_norm
         )
 
-    def fields(self, batch: Batch, knowledge: torch.Tensor | None) -> torch.Tensor:
-        """``[B, F + m, d]``: the embedded fields with the knowledge tokens appended."""
-        emb = self.embedding(batch)
-        if knowledge is None:
+    def append_tokens(self, fields: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """``[B, F + m, d]``: the field vectors ``[B, F, d]`` with the knowledge tokens
+        ``[B, m, d]`` appended (the one place tokens join the fields: their shape is checked
+        here, for every caller)."""
+        if tokens is None:
             if self.knowledge_tokens:
                 raise ValueError(f"this model expects {self.knowledge_tokens} knowledge tokens")
-            return emb
-        if knowledge.shape[1] != self.knowledge_tokens or knowledge.shape[2] != emb.shape[2]:
+            return fields
+        if tokens.shape[1] != self.knowledge_tokens or tokens.shape[2] != fields.shape[2]:
             raise ValueError(
-                f"knowledge tokens of shape {tuple(knowledge.shape)}; expected "
-                f"[B, {self.knowledge_tokens}, {emb.shape[2]}]"
+                f"knowledge tokens of shape {tuple(tokens.shape)}; expected "
+                f"[B, {self.knowledge_tokens}, {fields.shape[2]}]"
             )
-        return torch.cat([emb, knowledge], dim=1)
+        return torch.cat([fields, tokens], dim=1)
 
     def forward(self, batch: Batch, knowledge: torch.Tensor | None = None) -> torch.Tensor:
         """Click logits ``[B]``; ``knowledge``: optional tokens ``[B, m, d]``."""
-        return self.interact(self.fields(batch, knowledge), batch)
+        return self.interact(self.append_tokens(self.embedding(batch), knowledge), batch)
 
     def forward_train(self, batch: Batch) -> Forward:
         """The trainer's forward: logits and the field vectors (for the embedding penalty)."""
-        fields = self.fields(batch, None)
-        return Forward(self.interact(fields, batch), fields)
+        fields = self.embedding(batch)
+        return Forward(logits=self.interact(self.append_tokens(fields, None), batch), fields=fields)
 
     def interact(self, fields: torch.Tensor, batch: Batch) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def describe(self) -> ModelDescription:
+        return ModelDescription(
+            self.model_name, self.config, self.knowledge_tokens, self.feature_map
+        )
 
 
 MODELS: Registry[type[CTRModel]] = Registry(

@@ -17,6 +17,7 @@ from typing import TypeVar
 from torch import nn
 
 M = TypeVar("M", bound=nn.Module)
+FROZEN = "is_frozen_snapshot"  # the attribute that marks a snapshot
 
 
 def frozen_snapshot(module: M) -> M:
@@ -35,4 +36,17 @@ def frozen_snapshot(module: M) -> M:
             # compatibility path), where the owner does not expect it. The snapshot is never
             # trained, and in evaluation a norm reads its running statistics either way.
             sub.track_running_stats = False
+    setattr(snapshot, FROZEN, True)
     return snapshot
+
+
+def frozen_tensors(module: nn.Module) -> list[str]:
+    """The names of the tensors of every frozen snapshot inside ``module``: the same on
+    every rank and never trained (DDP need not manage them)."""
+    names = [
+        f"{prefix}.{name}" if prefix else name
+        for prefix, sub in module.named_modules()
+        if getattr(sub, FROZEN, False)
+        for name, _ in sub.named_buffers()
+    ]
+    return list(dict.fromkeys(names))  # a snapshot inside a snapshot: once

@@ -38,7 +38,6 @@ from fined.knowledge.adaptor import AdaptorConfig
 from fined.knowledge.knowledge_base import KBConfig
 from fined.models.ctr_model import ModelConfig, model_class, model_names
 from fined.protocol.strategies import StrategySpec, parse_strategy
-from fined.protocol.strategies.fined import FinedSpec
 from fined.train.config import KBTrainConfig, TrainConfig
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # names that are safe as one path component
@@ -198,18 +197,15 @@ class RunConfig(StrictModel):
     def train_config(self, **override: Any) -> TrainConfig:
         return resolve(TrainConfig, self.train.model_dump(), override, where="train")
 
-    def kb_train_config(self, **override: Any) -> KBTrainConfig:
-        return resolve(KBTrainConfig, self.kb_train.model_dump(), override, where="kb_train")
-
     def adaptor_config(self, spec: StrategySpec) -> AdaptorConfig:
-        """The run's adaptor settings with a FINED variant's own on top."""
-        own = spec.adaptor_overrides() if isinstance(spec, FinedSpec) else {}
+        """The run's adaptor settings with the strategy's own on top."""
+        own = spec.adaptor_overrides()
         where = f"strategies.{spec.label}"
         return resolve(AdaptorConfig, self.adaptor.model_dump(), own, where=where)
 
     def kb_config(self, spec: StrategySpec) -> KBConfig:
-        """The run's KB settings with a FINED variant's own on top."""
-        own = spec.kb if isinstance(spec, FinedSpec) else {}
+        """The run's KB settings with the strategy's own on top."""
+        own = spec.kb_overrides()
         return resolve(KBConfig, self.kb.model_dump(), own, where=f"strategies.{spec.label}.kb")
 
 

@@ -10,54 +10,61 @@ reading the same meaning.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch.nn import functional as F
 
 from fined.data.batch import Batch
 from fined.models.frozen import frozen_snapshot
-from fined.models.trainable import Forward, OwnLoss, Trainable
+from fined.models.trainable import AuxiliaryGroup, Out, OwnLoss, Teacher, Trainable
 
 
-class Distilled(Trainable):
-    """``student`` trained towards a frozen copy of ``teacher`` (taken now), with ``weight``."""
+class Distilled(Trainable[Out]):
+    """``student`` trained towards a frozen copy of ``teacher``, with ``weight``. The copy is
+    taken now: by default of the student itself as it is now (the model of t-1 it was warm
+    started from), which it then leaves behind as it trains. Its training pass is the
+    student's, with the teacher's (``Forward.teacher``) beside."""
 
-    def __init__(self, student: Trainable, teacher: Trainable, weight: float) -> None:
+    def __init__(
+        self, student: Trainable[Out], weight: float, teacher: Trainable[Out] | None = None
+    ) -> None:
         super().__init__()
         self.student, self.weight = student, weight
         # A registered snapshot: it follows every .to()/.half() of this module, and is
         # neither trained nor saved with the student (``fined.models.frozen``).
-        self.teacher = frozen_snapshot(teacher)
+        self.teacher = frozen_snapshot(student if teacher is None else teacher)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.student(batch)
 
-    def forward_train(self, batch: Batch) -> Forward:
-        """The student's pass, with the teacher's click probabilities (and knowledge means,
-        for a knowledge base) on the same rows beside its own parts."""
+    def forward_train(self, batch: Batch) -> Out:
+        """The student's pass, with the teacher's click probabilities (and its ``latent``:
+        a knowledge base's knowledge means) on the same rows beside it."""
         out = self.student.forward_train(batch)
         with torch.no_grad():
             taught = self.teacher.forward_train(batch)
-        parts = {**out.parts, "teacher.prob": torch.sigmoid(taught.logits)}
-        if "mu" in taught.parts:
-            parts["teacher.mu"] = taught.parts["mu"]
-        return Forward(out.logits, out.fields, parts)
+        return replace(out, teacher=Teacher(torch.sigmoid(taught.logits), taught.latent))
 
-    def auxiliary_step(self, out: Forward) -> None:
+    def auxiliary_step(self, out: Out) -> None:
         self.student.auxiliary_step(out)
 
-    def own_loss(self, batch: Batch, out: Forward) -> OwnLoss:
+    def own_loss(self, batch: Batch, out: Out) -> OwnLoss:
         own = self.student.own_loss(batch, out)
+        teacher = out.teacher
+        if teacher is None:
+            raise ValueError("a training pass without its teacher's (made by forward_train)")
         terms = dict(own.terms)
-        soft = F.binary_cross_entropy_with_logits(out.logits, out.parts["teacher.prob"])
+        soft = F.binary_cross_entropy_with_logits(out.logits, teacher.prob)
         terms["distill"] = soft.detach()
         total = own.value + self.weight * soft
-        if "mu" in out.parts and "teacher.mu" in out.parts:
-            drift = F.mse_loss(out.parts["mu"], out.parts["teacher.mu"])
+        if out.latent is not None and teacher.latent is not None:
+            drift = F.mse_loss(out.latent, teacher.latent)
             terms["drift"] = drift.detach()
             total = total + self.weight * drift
         return OwnLoss(total, terms)
 
-    def train(self, mode: bool = True) -> Distilled:
+    def train(self, mode: bool = True) -> Distilled[Out]:
         super().train(mode)
         self.teacher.eval()
         return self
@@ -65,11 +72,5 @@ class Distilled(Trainable):
     def parameter_groups(self) -> list[dict]:
         return self.student.parameter_groups()
 
-    def auxiliary_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return self.student.auxiliary_optimizers()
-
-    def ddp_ignored_parameters(self) -> list[str]:
-        """The student's, and the teacher's tensors: the same snapshot on every rank, which
-        DDP would otherwise broadcast as buffers at every step."""
-        teacher = [f"teacher.{name}" for name, _ in self.teacher.named_buffers()]
-        return [f"student.{name}" for name in self.student.ddp_ignored_parameters()] + teacher
+    def auxiliary_groups(self) -> list[AuxiliaryGroup[Out]]:
+        return self.student.auxiliary_groups()

@@ -20,49 +20,48 @@ choice at t never reads P_t+1.
 
 from __future__ import annotations
 
-from typing import Any
+import math
 
-Record = dict[str, Any]
+from fined.report.records import CellRecord, DeployedCell
 
 
-def forward_record(records: list[Record]) -> dict[int, float]:
+def forward_record(records: list[CellRecord]) -> dict[int, float]:
     """``{t: AUC of the chain's model of t-1 on P_t}`` for every t after the chain's first
     (the first starts from the shared warm-up model, the same for every chain)."""
-    by_t = {r["t"]: r for r in records}
-    return {t: by_t[t - 1]["auc"] for t in sorted(by_t) if t - 1 in by_t}
+    by_t = {r.t: r for r in records}
+    return {t: by_t[t - 1].auc for t in sorted(by_t) if t - 1 in by_t}
 
 
-def forward_score(records: list[Record], t: int) -> float:
+def forward_score(records: list[CellRecord], t: int) -> float:
     """The record through period ``t`` of one chain: the mean of its forward AUCs up to t; at
     its first period, where there is none, its model of t's AUC on P_t's held-out tail."""
     figures = [auc for u, auc in forward_record(records).items() if u <= t]
     if not figures:
-        return next(r for r in records if r["t"] == t)["valid_auc"]
+        valid = next(r for r in records if r.t == t).valid_auc
+        return math.nan if valid is None else valid
     return sum(figures) / len(figures)
 
 
-def choose_forward(own: list[Record], fallback: list[Record]) -> list[Record]:
+def choose_forward(own: list[CellRecord], fallback: list[CellRecord]) -> list[CellRecord]:
     """``own``'s records, each period replaced by the fallback's model where the fallback's
     forward score through that period is higher (a tie keeps the fallback: the past has not
     shown that it pays). What is kept, trained and built is counted for both."""
-    chosen = []
-    base = {r["t"]: r for r in fallback}
-    for mine in sorted(own, key=lambda r: r["t"]):
-        t = mine["t"]
+    chosen: list[CellRecord] = []
+    base = {r.t: r for r in fallback}
+    for mine in sorted(own, key=lambda r: r.t):
+        t = mine.t
         other = base[t]
         keep = forward_score(own, t) > forward_score(fallback, t)
         deployed = mine if keep else other
-        chosen.append(
-            {
-                **deployed,
-                "strategy": mine["strategy"],
-                "kind": mine["kind"],
-                "deployed": deployed["strategy"],
-                "candidate_auc": mine["auc"],  # what the strategy alone scored
-                "train_rows": mine["train_rows"] + other["train_rows"],
-                "train_seconds": mine["train_seconds"] + other["train_seconds"],
-                "kb_seconds": mine.get("kb_seconds", 0.0),
-                "bytes_kept": mine["bytes_kept"] + other["bytes_kept"],
-            }
-        )
+        own_part = {
+            "strategy": mine.strategy,
+            "kind": mine.kind,
+            "deployed": deployed.strategy,
+            "candidate_auc": mine.auc,  # what the strategy alone scored
+            "train_rows": mine.train_rows + other.train_rows,
+            "train_seconds": mine.train_seconds + other.train_seconds,
+            "kb_seconds": mine.kb_seconds,
+            "bytes_kept": mine.bytes_kept + other.bytes_kept,
+        }
+        chosen.append(DeployedCell.model_validate(deployed.model_dump() | own_part))
     return chosen

@@ -15,33 +15,28 @@ import queue
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from fined.errors import FinedError
 from fined.io import CAN_LOCK
+from fined.protocol.progress import Report, RunProgress
 
-
-class OpenedRun(Protocol):
-    """What the workers need of the parent's run: its config, its directory, its progress."""
-
-    config: Any
-    root: Path
-    done: int
-    total: int
-
-    def progress(self, done: int, total: int, current: str, result: str) -> None: ...
-
-
-Worker = Callable[[Any, Path, int, str, Callable[[int, int, str, str], None]], None]
+Worker = Callable[[Any, Path, int, str, Report], None]
 
 
 def run_in_workers(
-    run: OpenedRun, groups: list[tuple[int, str]], jobs: int, worker: Worker
+    config: Any,
+    root: Path,
+    progress: RunProgress,
+    groups: list[tuple[int, str]],
+    jobs: int,
+    worker: Worker,
 ) -> None:
-    """Run ``worker(config, root, seed, model, progress)`` for every (seed, model) of
-    ``groups`` in ``jobs`` spawned processes (a module-level function, so that it pickles)."""
+    """Run ``worker(config, root, seed, model, report)`` for every (seed, model) of
+    ``groups`` in ``jobs`` spawned processes (a module-level function, so that it pickles),
+    counting their steps into ``progress``."""
     jobs = min(jobs, len(groups))
     if jobs < 2:
         return  # one chain: the parent's own pass runs it, with every thread
@@ -53,33 +48,32 @@ def run_in_workers(
     with context.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=context) as pool:
         messages = manager.Queue()
         pending: set[Future] = {
-            pool.submit(_in_worker, worker, run.config, run.root, seed, model, threads, messages, i)
+            pool.submit(_in_worker, worker, config, root, seed, model, threads, messages, i)
             for i, (seed, model) in enumerate(groups)
         }
         seen: dict[int, int] = {}
         try:
             while pending:
                 finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-                _relay(run, messages, seen)
+                _relay(progress, messages, seen)
                 for future in finished:
                     future.result()  # a worker's error ends the run here
         except BaseException:
             for future in pending:
                 future.cancel()  # chains not started yet; running ones finish their cell
             raise
-        _relay(run, messages, seen)
+        _relay(progress, messages, seen)
 
 
-def _relay(run: OpenedRun, messages: Any, seen: dict[int, int]) -> None:
+def _relay(progress: RunProgress, messages: Any, seen: dict[int, int]) -> None:
     """Pass the workers' progress on, counting each worker's finished cells once."""
     while True:
         try:
             worker, done, current, result = messages.get_nowait()
         except queue.Empty:
             return
-        run.done += done - seen.get(worker, 0)
+        progress.advance(done - seen.get(worker, 0), current, result)
         seen[worker] = done
-        run.progress(run.done, run.total, current, result)
 
 
 def _in_worker(

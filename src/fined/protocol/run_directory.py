@@ -22,18 +22,20 @@ import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from pydantic import ValidationError
 
 from fined.artifacts.model_store import META as MODEL
 from fined.artifacts.model_store import save_model
 from fined.artifacts.weights import read_weights
+from fined.config import format_validation_error
 from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
-from fined.knowledge.fined_model import FinedModel
-from fined.models.ctr_model import CTRModel
+from fined.models.scoring import ScoringModel
 from fined.outputs import owned_directory
+from fined.report.records import CellRecord, WarmupRecord
 
 COMMAND = "run"  # the owner named in a run directory's marker
 RECORD, WEIGHTS, CONFIG = "record.json", "model.safetensors", "config.json"
@@ -100,25 +102,31 @@ class RunDirectory:
         return (cell / RECORD).is_file()
 
     @staticmethod
-    def record(cell: Path, what: str = "cell record") -> dict[str, Any]:
-        record = read_json(cell / RECORD, what)
-        if not isinstance(record, dict) or not isinstance(record.get("weights_sha256"), str):
-            raise FinedError(f"{cell / RECORD}: not a complete cell record")
-        return record
+    def record(cell: Path) -> CellRecord:
+        """The record of a finished cell of a chain."""
+        return _read(cell, CellRecord, "cell record")
 
     @staticmethod
-    def weights(cell: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def warmup_record(cell: Path) -> WarmupRecord:
+        """The record of a finished warm-up model."""
+        return _read(cell, WarmupRecord, "warm-up record")
+
+    @staticmethod
+    def weights(cell: Path, record: CellRecord | WarmupRecord) -> dict[str, torch.Tensor]:
         """The cell's model, checked against the digest its record holds."""
-        return read_weights(cell / WEIGHTS, record["weights_sha256"])
+        return read_weights(cell / WEIGHTS, record.weights_sha256)
 
     @staticmethod
-    def finish(
-        cell: Path, net: CTRModel | FinedModel, info: dict[str, Any], record: dict[str, Any]
-    ) -> None:
-        """The cell's model (loadable on its own), then its record (last: marks it done);
-        then the trainer's checkpoints go."""
-        record["weights_sha256"] = save_model(cell, net, info)
-        atomic_write_json(cell / RECORD, record)
+    def save_model(cell: Path, net: ScoringModel[Any], info: dict[str, Any]) -> str:
+        """The cell's model (loadable on its own); returns its weights' sha256, for its
+        record."""
+        return save_model(cell, net, info)
+
+    @staticmethod
+    def finish(cell: Path, record: CellRecord | WarmupRecord) -> None:
+        """The cell's record, written after its model (last: it marks the cell done); then
+        the trainer's checkpoints go."""
+        atomic_write_json(cell / RECORD, record.model_dump())
         shutil.rmtree(cell / "train", ignore_errors=True)
 
     @staticmethod
@@ -126,3 +134,16 @@ class RunDirectory:
         """Only the newest model of a chain is kept: to go on, and to resume."""
         (cell / MODEL).unlink(missing_ok=True)
         (cell / WEIGHTS).unlink(missing_ok=True)
+
+
+Record = TypeVar("Record", CellRecord, WarmupRecord)
+
+
+def _read(cell: Path, kind: type[Record], what: str) -> Record:
+    """A cell's record as written (by this version or an earlier one: same keys)."""
+    doc = read_json(cell / RECORD, what)
+    try:
+        return kind.model_validate(doc)
+    except ValidationError as err:
+        where = f"{cell / RECORD}: not a complete {what}"
+        raise FinedError(format_validation_error(err, where, kind)) from None

@@ -18,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from fined.report.records import CellRecord, WarmupRecord
 from fined.train.metrics import rela_impr
 
 RESULT_COLUMNS = [
@@ -27,13 +28,14 @@ RESULT_COLUMNS = [
 ]  # fmt: skip
 
 
-def _row(r: dict[str, Any]) -> dict[str, Any]:
+def _row(r: CellRecord) -> dict[str, Any]:
     """A record as a results row; a chain without a fallback deploys its own model."""
-    alone = {"kb_seconds": 0.0, "deployed": r["strategy"], "candidate_auc": r["auc"]}
-    return {k: r[k] if k in r else alone[k] for k in RESULT_COLUMNS}
+    row = r.model_dump(exclude={"forgetting", "weights_sha256"})
+    alone = {"deployed": r.strategy, "candidate_auc": r.auc}
+    return {k: row[k] if k in row else alone[k] for k in RESULT_COLUMNS}
 
 
-def results_table(records: list[dict[str, Any]], order: list[str]) -> pl.DataFrame:
+def results_table(records: list[CellRecord], order: list[str]) -> pl.DataFrame:
     rows = [_row(r) for r in records]
     frame = pl.DataFrame(rows, schema_overrides={"valid_auc": pl.Float64, "gauc": pl.Float64,
                                                  "candidate_auc": pl.Float64})  # fmt: skip
@@ -45,18 +47,17 @@ def results_table(records: list[dict[str, Any]], order: list[str]) -> pl.DataFra
     )
 
 
-def forgetting_table(
-    records: list[dict[str, Any]], warmups: dict[tuple[str, int], dict[str, Any]]
-) -> pl.DataFrame:
+def forgetting_table(records: list[CellRecord], warmups: list[WarmupRecord]) -> pl.DataFrame:
     rows = []
-    labels = sorted({(r["strategy"], r["model"], r["seed"]) for r in records})
+    labels = sorted({(r.strategy, r.model, r.seed) for r in records})
+    warmup = {(w.model, w.seed): w for w in warmups}
     for strategy, model, seed in labels:
-        w = warmups[(model, seed)]
-        for i, auc in w["forgetting"].items():
-            rows.append((strategy, model, seed, w["t"], int(i), auc))
+        w = warmup[(model, seed)]
+        for i, auc in w.forgetting.items():
+            rows.append((strategy, model, seed, w.t, int(i), auc))
     for r in records:
-        for i, auc in r["forgetting"].items():
-            rows.append((r["strategy"], r["model"], r["seed"], r["t"], int(i), auc))
+        for i, auc in r.forgetting.items():
+            rows.append((r.strategy, r.model, r.seed, r.t, int(i), auc))
     return pl.DataFrame(
         rows, schema=["strategy", "model", "seed", "after", "period", "auc"], orient="row"
     ).sort("strategy", "model", "seed", "after", "period")

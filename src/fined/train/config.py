@@ -40,7 +40,7 @@ class TrainConfig(StrictModel):
     resident_share: float = Field(0.5, ge=0, le=1)  # 0: always copied batch by batch
     # On a GPU, each epoch's step captured once as a CUDA graph and replayed for every full
     # batch (one launch a step instead of hundreds); eager steps where it cannot be (several
-    # ranks, sparse embeddings, a model with optimizers of its own: a KB build), said once
+    # ranks, sparse embeddings, parameters trained apart: a KB build's estimator), said once
     cuda_graphs: bool = False
     tensorboard: bool = False  # TensorBoard scalars in the run directory (needs tensorboard)
 

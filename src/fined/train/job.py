@@ -25,14 +25,15 @@ import torch
 from fined import distributed
 from fined.artifacts.kb_store import load_kb
 from fined.artifacts.model_store import META, describe_model, save_model
-from fined.config import resolve
+from fined.config import StrictModel, resolve
 from fined.data.loader import PeriodStore
 from fined.devices import resolve_device
 from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
 from fined.knowledge.adaptor import AdaptorConfig
 from fined.knowledge.fined_model import FinedModel
-from fined.models.ctr_model import CTRModel, ModelConfig, build_model
+from fined.models.ctr_model import ModelConfig, build_model
+from fined.models.scoring import ScoringModel
 from fined.outputs import owned_directory
 from fined.train.config import TrainConfig
 from fined.train.selection import Split, make_split
@@ -44,7 +45,7 @@ RUN_FILE = "run.json"  # what the run was started with (a resume must match it)
 
 @dataclass
 class TrainedModel:
-    model: CTRModel | FinedModel
+    model: ScoringModel[Any]
     fit: FitResult
     split: Split
     metrics: dict[str, dict[str, float]]  # "valid" (the best epoch's), "test" (if any)
@@ -57,7 +58,7 @@ def build_job_model(
     kb: str | Path | None,
     adaptor: dict[str, Any] | AdaptorConfig | None,
     last_train_period: int,
-) -> CTRModel | FinedModel:
+) -> ScoringModel[Any]:
     """The base model, or the base model fed by the knowledge base in ``kb`` (which must
     have memorized only periods up to the last training one)."""
     if kb is None:
@@ -69,7 +70,7 @@ def build_job_model(
         raise FinedError(
             f"{kb} memorized periods up to {max(meta['periods'])}, after the training periods"
         )
-    layer = adaptor.model_dump() if isinstance(adaptor, AdaptorConfig) else adaptor
+    layer = adaptor.model_dump() if isinstance(adaptor, StrictModel) else adaptor
     adaptor_config = resolve(AdaptorConfig, layer, where="adaptor")
     base = build_model(model, store.feature_map, settings, knowledge_tokens=adaptor_config.tokens)
     return FinedModel(base, base_kb, adaptor_config)
@@ -150,7 +151,7 @@ class _Job:
         if ctx.main:
             share = f" (rank 0 of {ctx.world}: its share)" if ctx.active else ""
             self.log(
-                f"training {net.model_name} on {len(split.train):,} rows, validating on "
+                f"training {net.describe().model} on {len(split.train):,} rows, validating on "
                 f"{len(split.valid):,}{share}"
             )
         trainer = Trainer(net, train_config, log=self.log, device=self.device)

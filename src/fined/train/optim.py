@@ -7,6 +7,9 @@ the tables, which updates only the rows looked up (lazy Adam: a row's moments mo
 it is seen). It exposes the union of their parameter groups, so one learning-rate schedule
 drives both, and one state dict checkpoints both. Weight decay applies to the dense part only
 (``embedding_l2`` regularizes the looked-up rows).
+
+``AuxiliaryOptimizers``: one Adam for each group of parameters a model trains apart
+(``Trainable.auxiliary_groups``), stepped by the trainer on the group's own loss.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from fined import distributed
+from fined.models.trainable import AuxiliaryGroup, Forward
 
 
 def sparse_parameters(model: nn.Module) -> set[int]:
@@ -50,6 +56,47 @@ class DenseSparseAdam(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for name, part in self.parts.items():
             part.load_state_dict(state_dict[name])
+
+
+class AuxiliaryOptimizers:
+    """An Adam for each auxiliary group of a model, by the group's name: one step a training
+    step on the group's own loss, its gradients averaged over the ranks first (DDP does not
+    manage these parameters: ``parameters()``), checkpointed by name."""
+
+    def __init__(self, groups: list[AuxiliaryGroup[Any]]) -> None:
+        self.groups = groups
+        self.optimizers = {g.name: torch.optim.Adam(g.params, lr=g.lr) for g in groups}
+        if len(self.optimizers) != len(groups):
+            raise ValueError(f"auxiliary groups share a name: {[g.name for g in groups]}")
+
+    def __bool__(self) -> bool:
+        return bool(self.groups)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for g in self.groups for p in g.params]
+
+    def step(self, out: Forward) -> None:
+        """One step of each group on its loss of this training pass ``out``."""
+        for group in self.groups:
+            optimizer = self.optimizers[group.name]
+            optimizer.zero_grad(set_to_none=True)
+            group.loss(out).backward()
+            distributed.average_gradients(group.params)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """A checkpoint's optimizers, one for each group. One saved for a group not declared
+        now must be empty: an optimizer that never stepped (a KB with the CLUB estimator but
+        ``lambda_dis`` 0 saved one before its group was declared only where it trains)."""
+        saved = {k: v for k, v in saved.items() if k in self.optimizers or v["state"]}
+        if set(saved) != set(self.optimizers):
+            raise KeyError(f"optimizers {sorted(saved)}, expected {sorted(self.optimizers)}")
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(saved[name])
 
 
 def build_optimizer(

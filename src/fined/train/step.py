@@ -1,8 +1,9 @@
 """One training step, and the same step replayed as a CUDA graph.
 
 ``TrainStep`` is the step the trainer takes for every batch: the model's training pass, its
-auxiliary step and own loss, the click BCE and embedding penalty, backward, clipping, the
-optimizer's step, and the epoch's sums, all on the device. Nothing in it reads a value back
+auxiliary step, a step of each of its auxiliary groups' optimizers, its own loss, the click
+BCE and embedding penalty, backward, clipping, the optimizer's step, and the epoch's sums,
+all on the device. Nothing in it reads a value back
 to the host or branches on one (``tests/test_step.py`` runs it on PyTorch's ``meta`` device,
 where any such read fails), so a GPU never waits inside a step.
 
@@ -31,7 +32,7 @@ from fined.data.batch import Batch
 from fined.errors import FinedError
 from fined.models.trainable import Forward, Trainable, embedding_penalty
 from fined.train.config import TrainConfig
-from fined.train.optim import clip_gradients, sparse_parameters
+from fined.train.optim import AuxiliaryOptimizers, clip_gradients, sparse_parameters
 
 WARMUP_STEPS = 3  # eager steps before capture, as in PyTorch's whole-network example
 
@@ -94,11 +95,16 @@ class TrainStep:
         config: TrainConfig,
         autocast: Callable[[], AbstractContextManager],
         sums: EpochSums,
+        auxiliary: AuxiliaryOptimizers | None = None,
     ) -> None:
         """``net``: what runs the training pass (``TrainingPass(model)``, or a DDP wrapper
-        of it)."""
+        of it); ``auxiliary``: the optimizers of the model's auxiliary groups (None: new
+        ones)."""
         self.net, self.model, self.optimizer = net, model, optimizer
         self.config, self.autocast, self.sums = config, autocast, sums
+        if auxiliary is None:
+            auxiliary = AuxiliaryOptimizers(model.auxiliary_groups())
+        self.auxiliary = auxiliary
         self.params = list(model.parameters())
         self.sparse = bool(sparse_parameters(model))  # torch's clip_grad_norm_ takes dense only
 
@@ -107,6 +113,7 @@ class TrainStep:
         with self.autocast():
             out: Forward = self.net(batch)
             model.auxiliary_step(out)
+            self.auxiliary.step(out)
             own = model.own_loss(batch, out)
         logits = out.logits.float()  # the loss in fp32, whatever the precision
         loss = F.binary_cross_entropy_with_logits(logits, batch.label) + own.value.float()
@@ -142,8 +149,8 @@ def graph_blocker(model: Trainable, device: torch.device, distributed: bool) -> 
         return "several ranks (DDP's gradient hooks are not captured)"
     if sparse_parameters(model):
         return "sparse embedding gradients (their size changes each step)"
-    if model.auxiliary_optimizers():
-        return f"{type(model).__name__} steps optimizers of its own inside the step"
+    if model.auxiliary_groups():
+        return f"{type(model).__name__} trains parameters apart, with optimizers of their own"
     return None
 
 

@@ -2,7 +2,9 @@
 
 It knows nothing of any one model. Each step it calls the model's ``forward_train``, its
 ``auxiliary_step`` and its ``own_loss``, once each, adds the click BCE and the embedding
-penalty, and steps one optimizer built from the model's declared ``parameter_groups``.
+penalty, and steps one optimizer built from the model's declared ``parameter_groups``. It
+owns every optimizer: the groups a model trains apart (``auxiliary_groups``) get theirs
+here too, stepped, averaged over the ranks and checkpointed by the trainer.
 
 Selection is on the validation set only (``TrainerState.observe``): early stopping and
 learning-rate decay watch the validation AUC, the best epoch's weights are restored at the
@@ -32,12 +34,13 @@ from fined import distributed
 from fined.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from fined.data.batch import Batch
 from fined.errors import FinedError
+from fined.models.frozen import frozen_tensors
 from fined.models.trainable import Trainable
 from fined.train.config import TrainConfig
 from fined.train.epoch_log import EpochLog
 from fined.train.feed import DeviceFeed
 from fined.train.metrics import one_class, score_metrics
-from fined.train.optim import build_optimizer, sparse_parameters
+from fined.train.optim import AuxiliaryOptimizers, build_optimizer, sparse_parameters
 from fined.train.progress import EpochProgress
 from fined.train.state import TrainerState
 from fined.train.step import EpochSums, GraphedStep, TrainingPass, TrainStep, graph_blocker
@@ -172,11 +175,11 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=c.lr_factor, patience=c.lr_patience, min_lr=c.min_lr
         )
-        auxiliary = self.model.auxiliary_optimizers()
+        auxiliary = AuxiliaryOptimizers(self.model.auxiliary_groups())
         state = TrainerState()
         if resume and run_dir is not None and (run_dir / LAST).is_file():
             state = self._restore(run_dir / LAST, optimizer, scheduler, auxiliary)
-        net, batch_size = self._parallel()
+        net, batch_size = self._parallel(auxiliary)
         loader = DeviceFeed(train, batch_size, self.device, shuffle=True, seed=c.seed,
                             resident_share=c.resident_share)  # fmt: skip
         steps = distributed.min_int(len(loader))  # every rank takes as many steps
@@ -186,7 +189,7 @@ class Trainer:
         if state.history:  # resumed: a kill between the checkpoint and its log lost the log
             log.write(state.history, state.best_epoch)
         sums = EpochSums(torch.zeros((), dtype=torch.float64, device=self.device))
-        step = self._step(net, optimizer, sums, batch_size)
+        step = self._step(net, optimizer, auxiliary, sums, batch_size)
         trained_rows = 0
         train_seconds = 0.0
         while state.epoch < c.epochs and not state.stopped(c.patience):
@@ -227,7 +230,7 @@ class Trainer:
             train_samples_per_second=trained_rows / train_seconds if train_seconds else 0.0,
         )
 
-    def _parallel(self) -> tuple[nn.Module, int]:
+    def _parallel(self, auxiliary: AuxiliaryOptimizers) -> tuple[nn.Module, int]:
         """The module that runs the training pass (a DDP wrapper with several ranks) and the
         per-rank batch size (``batch_size`` stays the global batch, split over the ranks)."""
         c, world = self.config, self.dist.world
@@ -238,8 +241,13 @@ class Trainer:
             raise FinedError(f"train.batch_size {c.batch_size} must be divisible by {world} ranks")
         from torch.nn.parallel import DistributedDataParallel
 
-        ignored = [f"model.{name}" for name in self.model.ddp_ignored_parameters()]
-        if ignored:  # parameters trained apart (with their gradients averaged by hand)
+        # Left to themselves: the auxiliary groups (their gradients are averaged by their own
+        # step) and a teacher's tensors (the same snapshot on every rank, which DDP would
+        # otherwise broadcast as buffers at every step).
+        apart = {id(p) for p in auxiliary.parameters()}
+        ignored = [n for n, p in training_pass.named_parameters() if id(p) in apart]
+        ignored += frozen_tensors(training_pass)
+        if ignored:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
                 training_pass, ignored
             )
@@ -251,10 +259,15 @@ class Trainer:
         return ddp, c.batch_size // world
 
     def _step(
-        self, net: nn.Module, optimizer: torch.optim.Optimizer, sums: EpochSums, rows: int
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        auxiliary: AuxiliaryOptimizers,
+        sums: EpochSums,
+        rows: int,
     ) -> TrainStep | GraphedStep:
         """The fit's training step; replayed as a CUDA graph where asked and possible."""
-        step = TrainStep(net, self.model, optimizer, self.config, self._autocast, sums)
+        step = TrainStep(net, self.model, optimizer, self.config, self._autocast, sums, auxiliary)
         if not self.config.cuda_graphs:
             return step
         blocker = graph_blocker(self.model, self.device, self.dist.active)
@@ -300,13 +313,13 @@ class Trainer:
         run_dir: Path,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
-        auxiliary: dict[str, torch.optim.Optimizer],
+        auxiliary: AuxiliaryOptimizers,
         state: TrainerState,
     ) -> None:
         checkpoint = {
             "model": self.model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "auxiliary": {k: opt.state_dict() for k, opt in auxiliary.items()},
+            "auxiliary": auxiliary.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
             "trainer": state.to_checkpoint(),
@@ -322,7 +335,7 @@ class Trainer:
         path: Path,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
-        auxiliary: dict[str, torch.optim.Optimizer],
+        auxiliary: AuxiliaryOptimizers,
     ) -> TrainerState:
         """Everything a checkpoint holds back in place; returns the trainer's state. A
         checkpoint that does not fit (edited, or from another run) is a FinedError."""
@@ -330,11 +343,7 @@ class Trainer:
         try:
             self.model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
-            saved = ckpt.get("auxiliary", {})
-            if set(saved) != set(auxiliary):
-                raise KeyError(f"optimizers {sorted(saved)}, expected {sorted(auxiliary)}")
-            for name, opt in auxiliary.items():
-                opt.load_state_dict(saved[name])
+            auxiliary.load_state_dict(ckpt.get("auxiliary", {}))
             scheduler.load_state_dict(ckpt["scheduler"])
             torch.set_rng_state(ckpt["rng"])
             if self.device.type == "cuda" and "cuda_rng" in ckpt:

@@ -126,8 +126,8 @@ class RunObjective:
             config = config.model_copy(update={"device": self.device})
         summary = Runner(config, directory).run()
         row = summary.filter(pl.col("strategy") == self.strategy)
-        held_out = float(row["held_out_auc_mean"].mean())
-        forward = float(row["forward_auc_mean"].mean())
+        held_out = float(row.select(pl.col("held_out_auc_mean").mean()).item())
+        forward = float(row.select(pl.col("forward_auc_mean").mean()).item())
         if math.isnan(forward):
             raise FinedError(
                 f"{self.config}: one step (kb_periods to the last period) leaves no forward "

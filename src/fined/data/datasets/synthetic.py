@@ -16,19 +16,23 @@ the ground truth (pattern field sets, weights, regimes) is written as ``ground_t
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from fined.config import StrictModel, parse_model
+from fined.config import StrictModel, format_validation_error, parse_model
 from fined.data.datasets import register
 from fined.data.datasets.source import BaseSource
 from fined.data.schema import FeatureSpec, PeriodSpec, PrepareConfig
 from fined.errors import FinedError
+from fined.io import read_json
 
+GROUND_TRUTH = "ground_truth.json"  # beside the prepared periods: read_ground_truth
 _BLOCK = 131_072  # generation block: fixed, so output does not depend on the reader's chunks
 _SOURCES = ("user", "item", "context")
 
@@ -156,7 +160,7 @@ class SyntheticSource(BaseSource):
 
     def extra_files(self) -> dict[str, Any]:
         return {
-            "ground_truth.json": {
+            GROUND_TRUTH: {
                 "fields": self.field_names,
                 "cardinality": self.card.tolist(),
                 "patterns": [
@@ -231,3 +235,42 @@ def _zipf_cdf(n: int, s: float) -> np.ndarray:
 def build(config: PrepareConfig) -> SyntheticSource:
     """Generated drift with planted recurring patterns (ground_truth.json): by day."""
     return SyntheticSource(config)
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What a synthetic dataset planted: each pattern's fields and, per period, the
+    patterns switched on."""
+
+    patterns: list[list[str]]  # each planted pattern's field names
+    regimes: list[list[int]] | None  # per period, the indices of the patterns on (None: all)
+
+    def switched_off(self, periods: list[str]) -> set[str]:
+        """The periods (of ``periods``, by name) whose regime switches a pattern off."""
+        if self.regimes is None:
+            return set()
+        every = set(range(len(self.patterns)))
+        return {periods[i] for i, on in enumerate(self.regimes)
+                if i < len(periods) and set(on) != every}  # fmt: skip
+
+
+class _Pattern(BaseModel):  # the parts of ground_truth.json read back (more is written)
+    fields: list[str]
+
+
+class _Truth(BaseModel):
+    patterns: list[_Pattern]
+    regimes: list[list[int]] | None = None
+
+
+def read_ground_truth(directory: str | Path) -> GroundTruth | None:
+    """The ground truth of a prepared synthetic dataset in ``directory`` (None for other
+    data: no ``ground_truth.json``); a malformed file is a FinedError naming it."""
+    path = Path(directory) / GROUND_TRUTH
+    if not path.is_file():
+        return None
+    try:
+        truth = _Truth.model_validate(read_json(path, "synthetic ground truth"))
+    except ValidationError as err:
+        raise FinedError(format_validation_error(err, f"{path}: malformed ground truth")) from None
+    return GroundTruth([p.fields for p in truth.patterns], truth.regimes)

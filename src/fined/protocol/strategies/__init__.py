@@ -25,15 +25,15 @@ from pydantic import model_validator
 from fined.config import StrictModel
 from fined.data.batch import Batch
 from fined.knowledge.adaptor import AdaptorConfig
-from fined.knowledge.fined_model import FinedModel
 from fined.knowledge.knowledge_base import KnowledgeBase
 from fined.models.ctr_model import CTRModel
+from fined.models.scoring import ScoringModel
 from fined.models.trainable import Trainable
 from fined.protocol.data import ProtocolData
 from fined.registry import Registry
 from fined.train.config import KBTrainConfig
 
-Model = CTRModel | FinedModel  # what a strategy trains and keeps
+Model = ScoringModel[Any]  # what a strategy trains and keeps
 
 
 def step_seed(seed: int, period: int) -> int:
@@ -72,6 +72,15 @@ class StrategySpec(StrictModel):
     @property
     def warm(self) -> bool:
         return self.warm_start if self.warm_start is not None else self.strategy.warm_by_default
+
+    def kb_overrides(self) -> dict[str, Any]:
+        """This variant's KB settings, put on top of the run's ``kb`` (none by default)."""
+        return {}
+
+    def adaptor_overrides(self) -> dict[str, Any]:
+        """This variant's adaptor settings, put on top of the run's ``adaptor`` (none by
+        default)."""
+        return {}
 
 
 @dataclass

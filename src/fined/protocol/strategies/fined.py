@@ -57,6 +57,10 @@ class FinedSpec(StrategySpec):
     # model alone, whatever the past is worth on this log.
     fallback: str | None = "incremental"
 
+    def kb_overrides(self) -> dict[str, Any]:
+        """This variant's KB settings (its ``kb`` section)."""
+        return self.kb
+
     def adaptor_overrides(self) -> dict[str, Any]:
         """This variant's adaptor settings (its own finetune_lr / kb_distill, where set, on
         top of its ``adaptor`` section)."""
@@ -106,7 +110,7 @@ class Fined(Strategy):
         model also learns towards its own copy of t-1, as ``kd`` does."""
         needs_recent = self.context.adaptor.kb_trust in ("disagreement", "agreement")
         if self.spec.kd_weight > 0 or needs_recent:
-            return Distilled(net, net, self.spec.kd_weight)  # net still equals the model of t-1
+            return Distilled(net, self.spec.kd_weight)  # net still equals the model of t-1
         return net
 
     def fresh(self, t: int) -> FinedModel:
@@ -153,7 +157,7 @@ class FinedStreaming(Fined):
 
         assert isinstance(net, FinedModel)
         kb = net.kb
-        student = Distilled(kb, kb, self.spec.absorb_weight)  # the teacher: a copy taken now
+        student = Distilled(kb, self.spec.absorb_weight)  # the teacher: a copy taken now
         kb.set_known_through(t)
         kb.requires_grad_(True)
         epochs = self.spec.absorb_epochs

@@ -21,4 +21,4 @@ class KnowledgeDistillation(Strategy):
     spec_class = KDSpec
 
     def trainable(self, net: Model) -> Trainable:
-        return Distilled(net, net, self.spec.kd_weight)  # net still equals the model of t-1
+        return Distilled(net, self.spec.kd_weight)  # net still equals the model of t-1

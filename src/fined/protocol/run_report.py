@@ -1,4 +1,4 @@
-"""The run's outputs: ``results.csv``, ``forgetting.csv``, ``summary.csv``, ``report.md`` and
+"""The run's report: ``results.csv``, ``forgetting.csv``, ``summary.csv``, ``report.md`` and
 ``figures/`` (test AUC per period, forgetting heatmaps, the KB's patterns). All written
 atomically, all recomputed from the cell records (so a resumed run writes the same files)."""
 
@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
 from fined.io import atomic_write_text
 from fined.protocol.config import RunConfig
+from fined.protocol.opened_run import OpenedRun
 from fined.report.markdown import RunFacts, markdown
+from fined.report.records import RunResult
 from fined.report.tables import (
     bwt_table,
     forgetting_table,
@@ -26,25 +27,21 @@ def _csv(frame: pl.DataFrame, path: Path) -> None:
     atomic_write_text(path, frame.write_csv(float_precision=6))
 
 
-def write_outputs(
-    root: Path,
-    config: RunConfig,
-    run: dict[str, Any],
-    periods: list[str],
-    s: int,
-    off: set[str] | None = None,
-) -> pl.DataFrame:
-    """``off``: periods where the data says part of the past is switched off (shaded)."""
+def write_report(run: OpenedRun, result: RunResult) -> pl.DataFrame:
+    """Every file of the report, from the run's records; returns the summary table."""
+    root, config, periods, s = run.root, run.config, run.periods, run.s
+    # Periods where the data says part of the past is switched off (shaded in the figures).
+    off = run.truth.switched_off(periods) if run.truth is not None else set()
     order = [spec.label for spec in config.strategies]
-    results = results_table(run["records"], order)
-    forgetting = forgetting_table(run["records"], run["warmups"])
+    results = results_table(result.records, order)
+    forgetting = forgetting_table(result.records, result.warmups)
     summary = summary_table(results, bwt_table(forgetting, s), config.baseline, order)
     _csv(results, root / "results.csv")
     _csv(forgetting, root / "forgetting.csv")
     _csv(summary, root / "summary.csv")
     figures = root / "figures"
     figures.mkdir(exist_ok=True)
-    _figures(results, forgetting, config, periods, figures, off or set())
+    _figures(results, forgetting, config, periods, figures, off)
     frontier = frontier_table(summary, {spec.label: spec.family for spec in config.strategies})
     swept = frontier.group_by("model", "family").agg(pl.col("bytes_kept").n_unique().alias("n"))
     if (swept["n"] > 1).any():  # a storage budget swept: AUC and BWT against the bytes kept
@@ -60,7 +57,28 @@ def write_outputs(
         [spec.label for spec in config.strategies if spec.uses_kb],
     )
     atomic_write_text(root / "report.md", markdown(facts, results, summary, periods, s))
+    kb_figure(run, figures / "kb_patterns.png")
     return summary
+
+
+def kb_figure(run: OpenedRun, path: Path) -> bool:
+    """The gate heatmap of the first KB variant (first seed) on the KB periods' held-out
+    rows; False when no strategy uses a KB."""
+    from fined.knowledge.inspection import inspect_kb
+    from fined.report.plots import gate_heatmap
+
+    config, s = run.config, run.s
+    spec = next((x for x in config.strategies if x.uses_kb), None)
+    if spec is None:
+        return False
+    seed = config.seeds[0]
+    kb = run.kbs.get(config.kb_config(spec), seed, label=spec.label)
+    names = run.periods
+    title = f"KB of {spec.label}, seed {seed}: periods {names[0]}..{names[s - 1]}"
+    planted = run.truth.patterns if run.truth is not None else None
+    ins = inspect_kb(kb, run.data.holdout(list(range(s)), s - 1))
+    gate_heatmap(ins, path, title, planted)
+    return True
 
 
 def _figures(
