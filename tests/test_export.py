@@ -80,6 +80,26 @@ def test_an_exported_model_scores_as_predict_does(data, kb, tmp_path, model) -> 
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
+def test_an_onnx_export_prints_one_line(data, tmp_path) -> None:
+    """In a fresh process (the exporter's notes come once a process): the line that says
+    what was written, nothing on stderr (PyTorch's exporter logged four warnings about
+    torchvision operators no CTR model uses)."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    args = ["train", "--data", data, "--model", "deepfm", "--train-periods", "1:2", "--out", run]
+    assert main([str(a) for a in [*args, *QUICK]]) == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "fined.cli", "export", "--run", str(run), "--format", "onnx",
+         "--out", str(tmp_path / "model.onnx")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.startswith("wrote ")
+
+
 def test_raw_rows_are_encoded_as_the_prepared_data(tmp_path) -> None:
     lines = ["clk,ts,user,ad,price"] + [
         f"{i % 2},{1_704_067_200 + 3600 * i},u{i % 7},a{i % 3},{i * 0.5}" for i in range(48)

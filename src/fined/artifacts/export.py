@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,7 +115,10 @@ def export_model(
             batch = torch.export.Dim("batch")
             names = [spec["name"] for spec in inputs]
             try:
-                with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+                with (
+                    contextlib.redirect_stdout(io.StringIO()),  # the exporter's progress lines
+                    _quiet("torch.onnx"),  # and its notes on torchvision ops we do not use
+                ):
                     program = torch.onnx.export(
                         scorer, example, dynamo=True, input_names=names,
                         output_names=["probability"], verbose=False,
@@ -141,6 +146,21 @@ def export_model(
     }
     atomic_write_json(out.with_name(out.name + ".json"), sidecar)
     return sidecar
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Only errors from ``logger`` and its children while the block runs."""
+    names = [logger, *(n for n in logging.root.manager.loggerDict if n.startswith(logger + "."))]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _check_onnx_inputs(graph: bytes, inputs: list[dict[str, Any]]) -> None:
