@@ -182,12 +182,10 @@ def predict(
     """Click probabilities for every row of some periods, to CSV or Parquet; --columns
     passes raw ids (and "row", the row's place in its period) through, to join back."""
     from fined.outputs import check_output_file
-    from fined.train.predict import SCORE_FORMATS, load_saved, predict, write_scores
+    from fined.train.predict import check_score_path, load_saved, predict, write_scores
     from fined.train.selection import parse_periods
 
-    if out.suffix not in SCORE_FORMATS:
-        raise FinedError(f"--out {out}: use a .csv or .parquet file name")
-    check_output_file(out, overwrite, "--out")
+    check_output_file(check_score_path(out), overwrite, "--out")
     saved = load_saved(run, data)
     chosen = parse_periods(periods, saved.store.feature_map)
     passed = [c.strip() for c in columns.split(",") if c.strip()]

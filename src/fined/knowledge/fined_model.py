@@ -14,7 +14,6 @@ import torch
 from torch.nn import functional as F
 
 from fined.data.batch import Batch
-from fined.data.feature_map import FeatureMap
 from fined.knowledge.adaptor import AdaptorConfig, KnowledgeAdaptor
 from fined.knowledge.knowledge_base import KnowledgeBase
 from fined.models.ctr_model import CTRModel
@@ -71,15 +70,6 @@ class FinedModel(ScoringModel[FinedForward]):
         # its base model until the KB shows it predicts the current rows) and is saved with
         # the model: evaluation and export read it. 1, fixed, without ``kb_earned``.
         self.register_buffer("kb_earned", torch.tensor(0.0 if config.kb_earned else 1.0))
-
-    # The trainer and artefacts look at these, as on any CTRModel.
-    @property
-    def model_name(self) -> str:
-        return type(self.base).model_name
-
-    @property
-    def feature_map(self) -> FeatureMap:
-        return self.base.feature_map
 
     def describe(self) -> ModelDescription:
         """The base model's description, with the KB and adaptor it is fed through."""

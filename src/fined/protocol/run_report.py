@@ -61,16 +61,16 @@ def write_report(run: OpenedRun, result: RunResult) -> pl.DataFrame:
     return summary
 
 
-def kb_figure(run: OpenedRun, path: Path) -> bool:
+def kb_figure(run: OpenedRun, path: Path) -> None:
     """The gate heatmap of the first KB variant (first seed) on the KB periods' held-out
-    rows; False when no strategy uses a KB."""
+    rows (none when no strategy uses a KB)."""
     from fined.knowledge.inspection import inspect_kb
     from fined.report.plots import gate_heatmap
 
     config, s = run.config, run.s
     spec = next((x for x in config.strategies if x.uses_kb), None)
     if spec is None:
-        return False
+        return
     seed = config.seeds[0]
     kb = run.kbs.get(config.kb_config(spec), seed, label=spec.label)
     names = run.periods
@@ -78,7 +78,6 @@ def kb_figure(run: OpenedRun, path: Path) -> bool:
     planted = run.truth.patterns if run.truth is not None else None
     ins = inspect_kb(kb, run.data.holdout(list(range(s)), s - 1))
     gate_heatmap(ins, path, title, planted)
-    return True
 
 
 def _figures(

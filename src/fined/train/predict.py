@@ -95,11 +95,17 @@ def predict(
     return pa.concat_tables(parts)
 
 
-def write_scores(scores: pa.Table, out: str | Path) -> None:
-    """``scores`` to ``out`` (atomically), as CSV or Parquet by its suffix."""
+def check_score_path(out: str | Path) -> Path:
+    """``out``, if its suffix names a format scores are written in (CSV or Parquet)."""
     out = Path(out)
     if out.suffix not in SCORE_FORMATS:
         raise FinedError(f"--out {out}: use a .csv or .parquet file name")
+    return out
+
+
+def write_scores(scores: pa.Table, out: str | Path) -> None:
+    """``scores`` to ``out`` (atomically), as CSV or Parquet by its suffix."""
+    out = check_score_path(out)
     sink = pa.BufferOutputStream()
     if out.suffix == ".csv":
         pacsv.write_csv(scores, sink)

@@ -48,8 +48,9 @@ class SortedEvents:
         """
         rank = self._rank(user)
         if self.ranks is not None:  # a user with no events at all: rank -1, no history
-            known = self.ranks[np.minimum(rank, len(self.ranks) - 1)] if len(self.ranks) else None
-            rank = np.where(known == user, rank, -1) if known is not None else rank * 0 - 1
+            found = rank < len(self.ranks)
+            found[found] = self.ranks[rank[found]] == user[found]
+            rank = np.where(found, rank, -1)
         # Times outside the events' range clip to "before all" / "after all" of the user's.
         rel = np.clip(time.astype(np.int64) - self.t0, 0, self.span + 1)
         first_of_user = np.searchsorted(self.keys, rank << _TIME_BITS, side="left")

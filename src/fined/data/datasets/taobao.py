@@ -178,9 +178,8 @@ def _read_csv(path: Path, names: list[str], block_mb: float) -> Iterator[pa.Reco
 
 def _bucket_of(user: np.ndarray, n: int) -> np.ndarray:
     """Bucket of each user id: a multiplicative hash, so id ranges spread evenly."""
-    return ((user.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)) % np.uint64(
-        n
-    )
+    mixed = (user.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
+    return mixed % np.uint64(n)
 
 
 def _append(prefix: Path, bucket: np.ndarray, n: int, records: np.ndarray) -> None:
