@@ -53,6 +53,31 @@ def test_device_resolution(capsys, data, tmp_path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+def test_precision_follows_the_hardware_and_a_fit_says_which(capsys, data, tmp_path,
+                                                            monkeypatch) -> None:  # fmt: skip
+    """``train.precision: auto`` is bf16 where the device multiplies bf16 in hardware and fp32
+    elsewhere (emulated bf16 products are slower than fp32 ones), and the first line of a
+    fit says which was chosen and why."""
+    from fined import devices
+
+    cpu = torch.device("cpu")
+    native = devices.bf16_dot_products(cpu)
+    assert devices.resolve_precision("auto", cpu)[0] == ("bf16" if native else "fp32")
+    assert devices.resolve_precision("fp32", cpu) == ("fp32", "as set")
+    monkeypatch.setattr(devices, "bf16_dot_products", lambda device: True)
+    assert devices.resolve_precision("auto", cpu) == (
+        "bf16", "auto: this CPU has bf16 dot products"
+    )
+    monkeypatch.undo()
+    args = ["train", "--data", data, "--model", "deepfm", "--train-periods", "0", "--out",
+            tmp_path / "run", "--set", "train.epochs=1", "--set", "embedding_dim=8"]  # fmt: skip
+    assert main([str(a) for a in args]) == 0
+    chosen = "bf16" if native else "fp32"
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.strip()]
+    first = next(i for i, x in enumerate(lines) if "epoch" in x)
+    assert any(f"precision {chosen} (auto: this CPU" in x for x in lines[:first]), lines
+
+
 class _BatchesOn:
     """A probe on a module: every batch its forward receives must lie where its parameters
     do (each tensor of it), counted."""

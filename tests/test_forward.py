@@ -46,8 +46,9 @@ def deployed(chosen: list[CellRecord]) -> list[DeployedCell]:
 def test_the_forward_record_is_each_model_of_t_minus_1_on_the_period_t() -> None:
     records = chain("fined", [0.8, 0.8, 0.8], [0.61, 0.62, 0.63])
     assert forward_record(records) == {2: 0.61, 3: 0.62}
-    # At the first step no forward figure exists: the current held-out tail decides.
-    assert forward_score(records, 1) == 0.8
+    # At the first step no forward figure exists (the held-out tail of the period trained on
+    # rewards remembering: it is not one).
+    assert forward_score(records, 1) is None
     assert forward_score(records, 3) == pytest.approx((0.61 + 0.62) / 2)
 
 
@@ -57,24 +58,26 @@ def test_each_period_deploys_the_chain_that_looked_forward_better() -> None:
     own = chain("fined", [0.80, 0.80, 0.80], [0.60, 0.60, 0.60])
     base = chain("incremental", [0.79, 0.79, 0.79], [0.65, 0.65, 0.65])
     chosen = deployed(choose_forward(own, base))
-    assert [r.deployed for r in chosen] == ["fined", "incremental", "incremental"]
-    assert [r.auc for r in chosen] == [0.60, 0.65, 0.65]
+    assert [r.deployed for r in chosen] == ["incremental", "incremental", "incremental"]
+    assert [r.auc for r in chosen] == [0.65, 0.65, 0.65]
     assert [r.candidate_auc for r in chosen] == [0.60, 0.60, 0.60]
     assert all(r.strategy == "fined" and r.kind == "fined" for r in chosen)
     # The deployed model's own record: its weights are the ones deployed.
-    assert [r.weights_sha256 for r in chosen] == ["fined", "incremental", "incremental"]
+    assert [r.weights_sha256 for r in chosen] == ["incremental", "incremental", "incremental"]
     # What both chains cost and keep is counted: two models trained, the KB kept.
     assert chosen[1].train_seconds == 2.0 and chosen[1].train_rows == 20
     assert chosen[1].bytes_kept == 100 and chosen[1].kb_seconds == 0.5
 
 
 def test_where_the_past_pays_the_strategy_is_deployed_and_a_tie_keeps_the_fallback() -> None:
-    # Later held-out tails favour the base model (it fits the current period more tightly);
-    # only the forward figures count once there are any.
-    own = chain("fined", [0.80, 0.70, 0.70], [0.70, 0.70, 0.70])
+    # Held-out tails play no part, whichever they favour: at the first period, before any
+    # forward figure, the fallback is deployed, then the forward figures decide.
+    own = chain("fined", [0.90, 0.70, 0.70], [0.70, 0.70, 0.70])
     base = chain("incremental", [0.80, 0.79, 0.79], [0.65, 0.65, 0.65])
     chosen = deployed(choose_forward(own, base))
     assert [r.deployed for r in chosen] == ["incremental", "fined", "fined"]
+    tie = deployed(choose_forward(own, chain("incremental", [0.8] * 3, [0.70, 0.70, 0.70])))
+    assert [r.deployed for r in tie] == ["incremental"] * 3
 
 
 def test_the_choice_at_t_never_reads_what_it_is_tested_on() -> None:

@@ -114,6 +114,26 @@ def test_early_stopping_keeps_the_best_epoch(synthetic) -> None:
     assert again["auc"] == pytest.approx(result.best["auc"])  # the best weights were restored
 
 
+def test_gains_too_small_to_matter_do_not_keep_a_fit_going() -> None:
+    """A fit whose validation figure creeps up by 1e-5 an epoch (a KB build on MovieLens did,
+    four epochs long, while its rate decayed to 1e-6) stops after ``patience`` such epochs,
+    and keeps the best of them; a gain beyond ``min_delta`` starts the count again."""
+    from fined.train.state import TrainerState
+
+    state, net = TrainerState(), torch.nn.Linear(1, 1)
+    for score in [0.70, 0.72, 0.72001, 0.72002, 0.72003]:
+        state.observe(score, net, select_after=0, min_delta=1e-4)
+        state.epoch += 1
+        if state.stopped(patience=3):
+            break
+    assert state.epoch == 5 and state.best_epoch == 4 and state.best_score == 0.72003
+    state = TrainerState()
+    for score in [0.70, 0.72, 0.72001, 0.7205, 0.72051]:
+        state.observe(score, net, select_after=0, min_delta=1e-4)
+        state.epoch += 1
+    assert not state.stopped(patience=2) and state.bad_epochs == 1
+
+
 def run(capsys, *args):
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()

@@ -10,6 +10,7 @@ none is a user error, said in one line.
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 
@@ -49,3 +50,29 @@ def free_memory(device: torch.device) -> int:
 def _local_rank() -> int:
     """This process's rank on its machine under torchrun (0 otherwise): one GPU per rank."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def bf16_dot_products(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a GPU with bf16 units
+    (Ampere or later), a CPU with AVX-512 BF16 or AMX (x86) or the BF16 extension (Arm).
+    Elsewhere PyTorch emulates bf16 products, slower than fp32 ones."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False
+    try:  # PyTorch's own CPU feature checks (private names, hence the guard)
+        if platform.machine().lower() in ("arm64", "aarch64"):
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(spec: str, device: torch.device) -> tuple[str, str]:
+    """``(precision, why)``: ``train.precision`` as a fit runs it. ``auto`` is bf16 autocast
+    where the device has bf16 dot products (``bf16_dot_products``), fp32 elsewhere."""
+    if spec != "auto":
+        return spec, "as set"
+    if bf16_dot_products(device):
+        return "bf16", f"auto: this {device.type.upper()} has bf16 dot products"
+    return "fp32", f"auto: this {device.type.upper()} has no bf16 dot products"

@@ -60,6 +60,13 @@ def train(
     kb_finetune: Annotated[
         float | None, typer.Option(help="Fine-tune the KB at this rate.")
     ] = None,
+    forward_check: Annotated[
+        bool,
+        typer.Option(
+            help="With --kb: train the base model instead where it scores the last training "
+            "period better, both trained on the periods before it."
+        ),
+    ] = True,
     nproc: Annotated[
         int, typer.Option(help="Train in N processes (DDP, launched with torchrun).")
     ] = 1,
@@ -95,7 +102,7 @@ def train(
         job = train_model(
             data, model, train_periods, out, valid=valid, test=test, settings=model_over,
             train=train_over, kb=kb, adaptor=adaptor or None, resume=resume, log=console.print,
-            device=device,
+            device=device, forward_check=forward_check,
         )  # fmt: skip
     except KeyboardInterrupt:
         err_console.print(f"interrupted: rerun with --resume to continue from the last "

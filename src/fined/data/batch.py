@@ -12,6 +12,31 @@ import torch
 from fined.data.feature_map import OOV, UNLIMITED
 
 
+@dataclass(frozen=True)
+class RowKnowledge:
+    """What a frozen knowledge base computes for each row, computed once for a set of rows
+    and carried beside them (``Batch.knowledge``; ``fined.knowledge`` makes it): the
+    knowledge vectors ``v [B, K, d]`` and each slot's click logit ``slot_logits [B, K]``."""
+
+    v: torch.Tensor
+    slot_logits: torch.Tensor
+
+    def map(self, fn) -> RowKnowledge:
+        return RowKnowledge(fn(self.v), fn(self.slot_logits))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.v, self.slot_logits]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    @staticmethod
+    def concat(parts: Sequence[RowKnowledge]) -> RowKnowledge:
+        return RowKnowledge(torch.cat([p.v for p in parts]),
+                            torch.cat([p.slot_logits for p in parts]))  # fmt: skip
+
+
 @dataclass
 class Batch:
     """A set of rows as tensors.
@@ -21,6 +46,8 @@ class Batch:
     - ``sequences``: name -> ``[B, L]`` int32 (0 = padding).
     - ``label``: ``[B]`` float32. ``time``: ``[B]`` int64.
     - ``group``: ``[B]`` int64 user index for gAUC (raw, never mapped to OOV), or None.
+    - ``knowledge``: a frozen KB's knowledge of each row, computed once for the rows of a fit
+      (``Trainer``), or None: the model computes it batch by batch.
     """
 
     ids: torch.Tensor
@@ -29,6 +56,7 @@ class Batch:
     label: torch.Tensor
     time: torch.Tensor
     group: torch.Tensor | None = None
+    knowledge: RowKnowledge | None = None
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -41,6 +69,7 @@ class Batch:
             label=fn(self.label),
             time=fn(self.time),
             group=None if self.group is None else fn(self.group),
+            knowledge=None if self.knowledge is None else self.knowledge.map(fn),
         )
 
     def take(self, index: torch.Tensor) -> Batch:
@@ -58,7 +87,8 @@ class Batch:
             k: s if seq_limits[k] >= UNLIMITED else torch.where(s >= seq_limits[k], OOV, s)
             for k, s in self.sequences.items()
         }
-        return Batch(ids, self.floats, sequences, self.label, self.time, self.group)
+        return Batch(ids, self.floats, sequences, self.label, self.time, self.group,
+                     self.knowledge)  # fmt: skip
 
     def clone(self) -> Batch:
         return self._map(torch.clone)
@@ -74,7 +104,8 @@ class Batch:
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.ids, self.floats, self.label, self.time, *self.sequences.values(),
-                *([self.group] if self.group is not None else [])]  # fmt: skip
+                *([self.group] if self.group is not None else []),
+                *(self.knowledge.tensors() if self.knowledge is not None else [])]  # fmt: skip
 
     def pin(self) -> Batch:
         """In page-locked host memory (copies to a GPU can then overlap the work)."""
@@ -86,7 +117,7 @@ class Batch:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the rows in memory (what keeping them costs)."""
+        """Bytes of the rows in memory (what keeping them costs), their knowledge included."""
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
     @staticmethod
@@ -99,6 +130,9 @@ class Batch:
             vals = [getattr(p, f.name) for p in parts]
             if f.name == "sequences":
                 kw[f.name] = {k: torch.cat([v[k] for v in vals]) for k in first.sequences}
+            elif f.name == "knowledge":  # kept only where every part carries it
+                whole = all(v is not None for v in vals)
+                kw[f.name] = RowKnowledge.concat(vals) if whole else None
             elif vals[0] is None:
                 kw[f.name] = None
             else:

@@ -5,9 +5,11 @@ attends with m heads over the K knowledge vectors of the (frozen) knowledge base
 the m results to the base embedding size, and scales them by an instance-wise gate
 ``g = sigmoid(w . q)``: the instance decides how much of the past it needs. The tokens are
 appended to the base model's fields, so its interaction part (FM, cross layers, products,
-CIN, self-attention, DIN's MLP) works on them like on any other field. A learned opening per
-token, started at 0, lets the model begin as its base model and open the channel only as
-far as the knowledge earns it.
+CIN, self-attention, DIN's MLP) works on them like on any other field. Each slot's weight
+(how far its pattern holds on the rows of now, ``FinedModel``) scales what the heads read of
+it: a pattern that has gone stops feeding the tokens. The tokens' output projection starts
+at zero, so the model begins as its base model and the channel opens as far as it lowers
+the training loss.
 """
 
 from __future__ import annotations
@@ -24,19 +26,23 @@ from fined.models.layers import short_softmax
 
 
 class AdaptorConfig(StrictModel):
-    tokens: int = Field(2, ge=1)  # m knowledge tokens (attention heads)
+    # m knowledge tokens (attention heads); 0: no tokens, the KB reaches the model only as a
+    # teacher (``kb_distill``)
+    tokens: int = Field(2, ge=0)
     attention_dim: int = Field(16, ge=1)  # per head
     finetune_lr: float | None = Field(None, gt=0)  # None: the KB stays frozen
     # Initial bias of the instance-wise gate (None: PyTorch's default init). Negative starts
     # the tokens nearly closed: a warm-started base model first keeps its own function.
     gate_bias: float | None = None
-    # Each token's opening, a learned scale, starts at 0 (True) or 1 (False). At 0 the tokens
-    # add nothing: a FINED model starts as exactly its base model (for every base model whose
-    # interaction ignores zero fields: all but AutoInt's attention), learns at the base
-    # model's pace, and the opening grows only as far as the tokens lower the training loss
-    # (zero-initialised residual branches: ReZero, LoRA). Chosen because the tokens opened at
-    # the start slowed learning where users train few passes (issue 20: 3 epochs of a
-    # synthetic log, test AUC 0.7578 for the base model, 0.6898 with open tokens alone).
+    # The tokens start at zero (True): the adaptor's output projection is zero-initialised
+    # (LoRA's B = 0), so a FINED model starts as exactly its base model (for every base
+    # model whose interaction ignores zero fields: all but AutoInt's attention) and the
+    # tokens grow as fast as their m x d x d_kb output weights learn. Chosen over the
+    # previous way to start closed, one learned opening per token started at 0: Adam moves a
+    # single scale by about the learning rate a step, so the openings stayed within +-0.02
+    # on MovieLens and the tokens never reached the model; and over tokens open from the
+    # start, which slowed learning where users train few passes (3 epochs of a synthetic
+    # log: test AUC 0.7578 for the base model, 0.6898 with open tokens alone).
     start_closed: bool = True
     # Weight of a distillation term towards the frozen KB's own click probabilities (its
     # stage-1 head over the same knowledge vectors). The tokens are the channel, this is the
@@ -62,10 +68,16 @@ class AdaptorConfig(StrictModel):
     # longer hold) are extra features the model memorises with: 3 epochs on the recurring
     # synthetic log, test AUC 0.7816 for the base model, 0.7562 with a random KB's tokens.
     kb_earned: bool = True
+    # Per pattern, not per KB: each slot's weight is the share of recent batches on which
+    # that slot's own click score ranks the current rows' clicks beyond chance; a slot that
+    # has stopped doing so stops feeding the tokens and leaves the KB's teacher (its share of
+    # the KB's logit replaced by its mean), one that starts again comes back within about
+    # ten batches. False: one verdict for the whole KB.
+    slot_verdicts: bool = True
 
 
 class KnowledgeAdaptor(nn.Module):
-    """``(fields [B, F, d], V [B, K, d_kb]) -> tokens [B, m, d]``."""
+    """``(fields [B, F, d], V [B, K, d_kb], slot weights [K] or None) -> tokens [B, m, d]``."""
 
     def __init__(
         self,
@@ -85,10 +97,16 @@ class KnowledgeAdaptor(nn.Module):
         self.gate = nn.Linear(tokens * attention_dim, 1)
         if gate_bias is not None:
             nn.init.constant_(self.gate.bias, gate_bias)
-        # How far each token is open (AdaptorConfig.start_closed).
-        self.opening = nn.Parameter(torch.full((tokens,), 0.0 if start_closed else 1.0))
+        if start_closed:  # AdaptorConfig.start_closed: the tokens start at zero
+            nn.init.zeros_(self.value.weight)
+            nn.init.zeros_(self.value.bias)
+        # A learned scale per token (1 at the start; earlier versions started it at 0, and
+        # their saved models load with what it learned).
+        self.opening = nn.Parameter(torch.ones(tokens))
 
-    def forward(self, fields: torch.Tensor, knowledge: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, fields: torch.Tensor, knowledge: torch.Tensor, slots: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, _, e = knowledge.shape
         q = self.query(fields.flatten(1))  # [B, m*a]
         # Multi-head attention with keys W_h v_k + c_h and values U_h v_k + u_h, computed
@@ -99,7 +117,10 @@ class KnowledgeAdaptor(nn.Module):
         heads = q.view(b, self.m, self.a).transpose(0, 1)  # [m, B, a]
         read = torch.bmm(heads, self.key.weight.view(self.m, self.a, e)).transpose(0, 1)
         scores = torch.bmm(read, knowledge.transpose(1, 2)) / math.sqrt(self.a)  # [B, m, K]
-        pooled = torch.bmm(short_softmax(scores), knowledge).transpose(0, 1)  # [m, B, e]
+        weights = short_softmax(scores)
+        if slots is not None:  # what a slot whose pattern is gone gives: nothing
+            weights = weights * slots.to(weights.dtype)
+        pooled = torch.bmm(weights, knowledge).transpose(0, 1)  # [m, B, e]
         values = self.value.weight.view(self.m, self.d, e).transpose(1, 2)  # [m, e, d]
         tokens = torch.baddbmm(self.value.bias.view(self.m, 1, self.d), pooled, values)
         gate = torch.sigmoid(self.gate(q)) * self.opening  # [B, m]: instance and token

@@ -116,9 +116,16 @@ class SlotMI(nn.Module):
     q-network across pairs, conditioned on learned embeddings of k and k'."""
 
     def __init__(
-        self, estimator: str, slots: int, dim: int, pairs: int, hsic_rows: int = 512
+        self,
+        estimator: str,
+        slots: int,
+        dim: int,
+        pairs: int,
+        hsic_rows: int = 512,
+        rows: int = 0,
     ) -> None:
         super().__init__()
+        self.rows = rows  # of each batch, its first (0: all)
         if slots < 2:
             raise ValueError("the disentangled term needs at least 2 slots")
         self.slots, self.pairs = slots, min(pairs, slots * (slots - 1))
@@ -136,6 +143,8 @@ class SlotMI(nn.Module):
         (the two slots' vectors), ``cond [P, B, 2d]`` (their codes) or None. The pairs are
         never read on the host: a step does not wait for the device to draw them."""
         first, second = self._pairs(v.device)
+        if self.rows:
+            v = v[: self.rows]
         # index_select, not v[:, first]: its backward adds rows in a fixed order (the
         # indexing's accumulating put does not on the CPU: a KB build then varied run to run)
         x = v.index_select(1, first).transpose(0, 1)

@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar, cast
 import torch
 from torch import nn
 
-from fined.data.batch import Batch
+from fined.data.batch import Batch, RowKnowledge
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,10 @@ class Trainable(nn.Module, Generic[Out]):
     def auxiliary_groups(self) -> list[AuxiliaryGroup[Out]]:
         """Parameters trained apart, each on a loss of its own (default: none)."""
         return []
+
+    def row_knowledge(self) -> Callable[[Batch], RowKnowledge] | None:
+        """What the model reads of each row but never trains (a frozen KB's knowledge), as a
+        function of a batch: the trainer computes it once for the rows of a fit and hands
+        it back in ``Batch.knowledge`` instead of it being recomputed every step of every
+        epoch. None (the default): nothing to compute once."""
+        return None

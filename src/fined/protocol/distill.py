@@ -10,12 +10,13 @@ reading the same meaning.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 from torch.nn import functional as F
 
-from fined.data.batch import Batch
+from fined.data.batch import Batch, RowKnowledge
 from fined.models.frozen import frozen_snapshot
 from fined.models.trainable import AuxiliaryGroup, Out, OwnLoss, Teacher, Trainable
 
@@ -74,3 +75,8 @@ class Distilled(Trainable[Out]):
 
     def auxiliary_groups(self) -> list[AuxiliaryGroup[Out]]:
         return self.student.auxiliary_groups()
+
+    def row_knowledge(self) -> Callable[[Batch], RowKnowledge] | None:
+        """The student's: the teacher, a copy of it taken before the fit, reads the same
+        frozen knowledge (a student whose KB is fine-tuned computes none)."""
+        return self.student.row_knowledge()

@@ -9,18 +9,16 @@ P_t, which the protocol already computes as that model's test.
 
 ``forward_record``: those figures of one chain, by t. ``choose_forward``: each period, deploy
 whichever of two chains (a strategy and its fallback) has the better mean forward AUC through
-t. At the first period, where both chains start from the same warm-up model and no forward
-figure tells them apart, the current models' AUC on the last 10 % of P_t by time decides.
-That slice is not used later: it belongs to a period the models trained on, and on
-MovieLens it favoured the base model (which fits the current month more tightly) in every
-seed at a period where FINED scored the next month better. Neither chain feeds the other:
+t. At the first period both chains start from the same warm-up model and no forward figure
+tells them apart: the fallback is deployed (the past has not yet shown that it pays). The
+held-out tail of the period trained on, which decided there before, rewards remembering: on
+a real news log it deployed FINED's model at the first period in 2 of 3 seeds, which then
+scored the next day 0.549 against the base model's 0.557. Neither chain feeds the other:
 each goes on from its own model, so the choice never changes what either trains, and the
 choice at t never reads P_t+1.
 """
 
 from __future__ import annotations
-
-import math
 
 from fined.report.records import CellRecord, DeployedCell
 
@@ -32,14 +30,11 @@ def forward_record(records: list[CellRecord]) -> dict[int, float]:
     return {t: by_t[t - 1].auc for t in sorted(by_t) if t - 1 in by_t}
 
 
-def forward_score(records: list[CellRecord], t: int) -> float:
-    """The record through period ``t`` of one chain: the mean of its forward AUCs up to t; at
-    its first period, where there is none, its model of t's AUC on P_t's held-out tail."""
+def forward_score(records: list[CellRecord], t: int) -> float | None:
+    """The record through period ``t`` of one chain: the mean of its forward AUCs up to t
+    (None at its first period, where there is none)."""
     figures = [auc for u, auc in forward_record(records).items() if u <= t]
-    if not figures:
-        valid = next(r for r in records if r.t == t).valid_auc
-        return math.nan if valid is None else valid
-    return sum(figures) / len(figures)
+    return sum(figures) / len(figures) if figures else None
 
 
 def choose_forward(own: list[CellRecord], fallback: list[CellRecord]) -> list[CellRecord]:
@@ -51,7 +46,8 @@ def choose_forward(own: list[CellRecord], fallback: list[CellRecord]) -> list[Ce
     for mine in sorted(own, key=lambda r: r.t):
         t = mine.t
         other = base[t]
-        keep = forward_score(own, t) > forward_score(fallback, t)
+        mine_score, other_score = forward_score(own, t), forward_score(fallback, t)
+        keep = mine_score is not None and other_score is not None and mine_score > other_score
         deployed = mine if keep else other
         own_part = {
             "strategy": mine.strategy,

@@ -164,6 +164,7 @@ class Runner:
             net.eval()
             test, forgetting = self._evaluate(run, net, t)
             kept = strategy.bytes_kept(net, t)
+            use = strategy.knowledge_use(net, t)
             absorbed = time.perf_counter()
             strategy.after_period(net, t)  # the streaming KB absorbs P_t (used from t + 1)
             kb_seconds = run.kbs.seconds - kb_before + time.perf_counter() - absorbed
@@ -188,6 +189,7 @@ class Runner:
                 bytes_kept=kept,
                 forgetting=forgetting,
                 weights_sha256=weights,
+                knowledge=use,
             )
             self.directory.finish(cell, record)
             if records:

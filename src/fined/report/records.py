@@ -26,6 +26,17 @@ class WarmupRecord(StrictModel):
     weights_sha256: str  # of the cell's model.safetensors, checked whenever it is read
 
 
+class KnowledgeUse(StrictModel):
+    """What a model fed by a KB made of it at the end of a cell, on P_t's held-out rows:
+    how far the KB and each slot had earned their place, how open the tokens were, and how
+    well each slot's own click score ranks the clicks of now."""
+
+    kb_earned: float
+    slot_earned: list[float]
+    token_share: float  # the tokens' mean norm over the fields' (0: the channel is shut)
+    slot_auc: list[float]  # AUC of each slot's click score on P_t's held-out rows
+
+
 class CellRecord(StrictModel):
     """One (strategy, model, seed, period t) cell: trained on the strategy's rows for t,
     tested on P_{t+1}, and row t of its forgetting matrix."""
@@ -49,6 +60,7 @@ class CellRecord(StrictModel):
     bytes_kept: int  # of the past: raw rows or a knowledge base
     forgetting: dict[str, float]  # period i (as text) -> AUC on P_i's held-out slice
     weights_sha256: str  # of the cell's model.safetensors, checked whenever it is read
+    knowledge: KnowledgeUse | None = None  # a model fed by a KB: what it made of it
 
 
 class DeployedCell(CellRecord):

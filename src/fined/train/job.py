@@ -16,7 +16,7 @@ model, loadable by ``fined evaluate`` / ``predict``) and ``results.json``::
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from fined.models.ctr_model import ModelConfig, build_model
 from fined.models.scoring import ScoringModel
 from fined.outputs import owned_directory
 from fined.train.config import TrainConfig
+from fined.train.forward_check import ForwardCheck, check_forward, recorded_or_checked
 from fined.train.selection import Split, make_split
 from fined.train.trainer import LAST, FitResult, Trainer, seed_everything
 
@@ -91,14 +92,18 @@ def train_model(
     resume: bool = False,
     log: Callable[[str], None] | None = None,
     device: str = "auto",
+    forward_check: bool = True,
 ) -> TrainedModel:
     """Train ``model`` on ``train_periods`` of a prepared dataset (see the module's text).
     ``settings``: the model's (over its defaults); ``train``: the trainer's; ``adaptor``:
-    the knowledge adaptor's, with ``kb``; ``log``: where to say what it does. Under torchrun
-    every rank calls it with the same arguments: each trains on its share, rank 0 writes
-    (the directory is held by the process that launched them)."""
+    the knowledge adaptor's, with ``kb``; ``forward_check``: with ``kb``, keep the base model
+    instead where it scores the last training period better when both learn the periods
+    before it (``fined.train.forward_check``); ``log``: where to say what it does. Under
+    torchrun every rank calls it with the same arguments: each trains on its share, rank 0
+    writes (the directory is held by the process that launched them)."""
     job = _Job(data, model, train_periods, out, valid, test, settings, train, kb, adaptor,
-               resume, log or (lambda line: None), resolve_device(device))  # fmt: skip
+               resume, log or (lambda line: None), resolve_device(device),
+               forward_check)  # fmt: skip
     if out is None or distributed.launched():
         return job.run()
     with owned_directory(out, COMMAND):
@@ -120,6 +125,7 @@ class _Job:
     resume: bool
     log: Callable[[str], None]
     device: torch.device
+    forward_check: bool
 
     def run(self) -> TrainedModel:
         ctx = distributed.setup(self.device)
@@ -130,10 +136,16 @@ class _Job:
         data = self.data
         store = data if isinstance(data, PeriodStore) else PeriodStore(data, shard=ctx.shard)
         split = make_split(store, self.train_periods, self.valid, self.test)
-        seed_everything(train_config.seed, train_config.deterministic)  # the initial weights
         last = max(split.train_periods)
-        net = build_job_model(store, self.model, self.settings, self.kb, self.adaptor, last)
         run_dir = Path(self.out) if self.out is not None else None
+        if run_dir is not None and ctx.main:
+            _refuse_a_started_run(run_dir, self.resume)  # before any work goes into it
+        check = self._check(store, split.train_periods, train_config, run_dir, ctx.active)
+        if check is not None and ctx.main:
+            self.log(check.reason)
+        with_kb = self.kb is not None and (check is None or check.keeps_kb)
+        seed_everything(train_config.seed, train_config.deterministic)  # the initial weights
+        net = self._build(store, with_kb, last)
         if run_dir is not None:
             distributed.record_rank(run_dir, store.reads)
         if run_dir is not None and ctx.main:  # rank 0 checks and writes the run description
@@ -168,11 +180,50 @@ class _Job:
                 "best_epoch": fit.best_epoch,
                 "metrics": metrics,
                 "train_samples_per_second": fit.train_samples_per_second,
+                **({"forward_check": asdict(check)} if check is not None else {}),
             }
             save_model(run_dir, net, info)
             atomic_write_json(run_dir / "results.json", info)
         net.eval()
         return TrainedModel(net, fit, split, metrics)
+
+
+    def _build(self, store: PeriodStore, with_kb: bool, last: int) -> ScoringModel[Any]:
+        """The job's FINED model (``with_kb``) or its base model."""
+        kb, adaptor = (self.kb, self.adaptor) if with_kb else (None, None)
+        return build_job_model(store, self.model, self.settings, kb, adaptor, last)
+
+    def _check(
+        self,
+        store: PeriodStore,
+        periods: list[int],
+        config: TrainConfig,
+        run_dir: Path | None,
+        several_ranks: bool,
+    ) -> ForwardCheck | None:
+        """With a KB, the forward check (None without a KB, or when it is switched off)."""
+        if self.kb is None or not self.forward_check:
+            return None
+        if several_ranks:
+            return ForwardCheck(True, "several ranks: no forward check (run one process to "
+                                "have one); the FINED model is kept")  # fmt: skip
+        _, meta = load_kb(self.kb, store.feature_map)
+        last = max(periods)
+
+        def check() -> ForwardCheck:
+            return check_forward(store, periods, max(meta["periods"]),
+                                 lambda with_kb: self._build(store, with_kb, last), config,
+                                 self.device)  # fmt: skip
+
+        return recorded_or_checked(run_dir, self.resume, check)
+
+
+def _refuse_a_started_run(out: Path, resume: bool) -> None:
+    """A new run needs a directory without a started run."""
+    if not resume and (out / RUN_FILE).is_file() and _started(out):
+        raise FinedError(
+            f"{out} already holds a run (use --resume to continue it, or another --out)"
+        )
 
 
 def _describe_run(out: Path, run: dict[str, Any], resume: bool) -> None:
@@ -182,10 +233,7 @@ def _describe_run(out: Path, run: dict[str, Any], resume: bool) -> None:
         changed = [k for k in run if k != "data" and before.get(k) != run[k]]
         if changed:
             raise FinedError(f"--resume: {out} was started with different {', '.join(changed)}")
-    elif (out / RUN_FILE).is_file() and _started(out):
-        raise FinedError(
-            f"{out} already holds a run (use --resume to continue it, or another --out)"
-        )
+    _refuse_a_started_run(out, resume)
     atomic_write_json(out / RUN_FILE, run)
 
 

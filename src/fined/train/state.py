@@ -1,7 +1,8 @@
 """Where a fit stands, and the rule that picks its epoch.
 
 Selection is on the validation score only: an epoch better than every earlier one becomes
-the best (its weights are kept), any other counts towards ``patience``; epochs before
+the best (its weights are kept); one that is not better by more than ``min_delta`` counts
+towards ``patience`` (a fit that gains next to nothing stops); epochs before
 ``select_after`` are neither selected nor counted (a KB whose L0 penalty still ramps up).
 The state is checkpointed after every epoch, so a resumed fit picks up exactly here.
 """
@@ -26,15 +27,17 @@ class TrainerState:
     seconds: float = 0.0  # training time so far (evaluation excluded)
     best_weights: dict[str, torch.Tensor] | None = None
 
-    def observe(self, score: float, model: nn.Module, select_after: int) -> None:
+    def observe(
+        self, score: float, model: nn.Module, select_after: int, min_delta: float = 0.0
+    ) -> None:
         """The validation score of the epoch just trained (``self.epoch``)."""
         if self.epoch < select_after:
-            pass
-        elif score > self.best_score:
-            self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+            return
+        progress = score > self.best_score + min_delta
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, self.epoch
             self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            self.bad_epochs += 1
+        self.bad_epochs = 0 if progress else self.bad_epochs + 1
 
     def stopped(self, patience: int) -> bool:
         return self.bad_epochs >= patience

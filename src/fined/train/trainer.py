@@ -22,7 +22,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ from torch import nn
 
 from fined import distributed
 from fined.artifacts.checkpoint import load_checkpoint, save_checkpoint
-from fined.data.batch import Batch
+from fined.data.batch import Batch, RowKnowledge
+from fined.devices import resolve_precision
 from fined.errors import FinedError
 from fined.models.frozen import frozen_tensors
 from fined.models.trainable import Trainable
@@ -100,6 +101,8 @@ class Trainer:
         self.device = torch.device(device)
         self.model, self.log = model.to(self.device), log
         self.config = config or TrainConfig()
+        # (the precision every pass runs in: ``auto`` decided here, once, for this device)
+        self.precision, self.precision_why = resolve_precision(self.config.precision, self.device)
         self.dist = distributed.context()  # several ranks under torchrun, else one
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
@@ -109,8 +112,41 @@ class Trainer:
 
     def _autocast(self) -> Any:
         """bf16 autocast when ``train.precision`` says so (fp32 master weights)."""
-        enabled = self.config.precision == "bf16"
+        enabled = self.precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # -- what the model reads of each row but never trains -----------------------------------
+    @torch.no_grad()
+    def with_knowledge(self, rows: Batch) -> Batch:
+        """``rows`` with what the model reads of each row but never trains (a frozen KB's
+        knowledge: ``Trainable.row_knowledge``) computed once, where it fits in
+        ``train.knowledge_cache_mb``; else ``rows`` as they are, and the model computes it
+        batch by batch. The same function of each row either way, in the fit's precision."""
+        compute = self.model.row_knowledge()
+        if compute is None or rows.knowledge is not None or not len(rows):
+            return rows
+        was_training = self.model.training
+        self.model.eval()
+        budget = self.config.knowledge_cache_mb * 2**20
+        parts: list[RowKnowledge] = []
+        feed = DeviceFeed(rows, self.config.eval_batch_size, self.device,
+                          resident_share=self.config.resident_share)  # fmt: skip
+        with self._autocast():
+            for batch in feed:
+                part = compute(batch)
+                if not parts and part.nbytes / len(batch) * len(rows) > budget:
+                    if self.log is not None and self.dist.main:
+                        self.log(
+                            f"the KB's knowledge of {len(rows):,} rows would take more than "
+                            f"train.knowledge_cache_mb={self.config.knowledge_cache_mb:g}: "
+                            "computed batch by batch"
+                        )
+                    self.model.train(was_training)
+                    return rows
+                parts.append(part)
+        self.model.train(was_training)
+        knowledge = RowKnowledge.concat(parts).map(lambda t: t.to(rows.device))
+        return replace(rows, knowledge=knowledge)
 
     # -- inference -------------------------------------------------------------------------
     @torch.no_grad()
@@ -170,11 +206,17 @@ class Trainer:
                 "defined on them (train.monitor=logloss selects by log loss)"
             )
         run_dir = Path(run_dir) if run_dir is not None else None
+        if self.log is not None and self.dist.main:
+            self.log(f"precision {self.precision} ({self.precision_why})")
+        # Computed once for every epoch and validation (a frozen KB's knowledge), before the
+        # seed: it draws nothing, and the fit then draws as it would without it.
+        train, valid = self.with_knowledge(train), self.with_knowledge(valid)
         seed_everything(c.seed, c.deterministic)
         optimizer = self._optimizer()
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=c.lr_factor, patience=c.lr_patience, min_lr=c.min_lr
-        )
+            optimizer, mode="max", factor=c.lr_factor, patience=c.lr_patience, min_lr=c.min_lr,
+            threshold=c.min_delta, threshold_mode="abs",
+        )  # fmt: skip
         auxiliary = AuxiliaryOptimizers(self.model.auxiliary_groups())
         state = TrainerState()
         if resume and run_dir is not None and (run_dir / LAST).is_file():
@@ -212,7 +254,7 @@ class Trainer:
                     "train_seconds": seconds,
                 }
             )
-            state.observe(score, self.model, c.select_after)
+            state.observe(score, self.model, c.select_after, c.min_delta)
             scheduler.step(score)
             state.epoch += 1
             state.seconds += seconds

@@ -68,7 +68,7 @@ class TrainObjective:
         job = train_model(
             self.data, self.model, self.train_periods, directory, valid=self.valid,
             settings=model, train=trainer, kb=self.kb, adaptor=adaptor or None, resume=True,
-            device=self.device,
+            device=self.device, forward_check=False,  # a trial tunes the model it was asked
         )  # fmt: skip
         best = job.metrics["valid"]
         sign = -1 if self.monitor == "logloss" else 1  # the objective is maximized

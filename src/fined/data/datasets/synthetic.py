@@ -57,6 +57,10 @@ class SyntheticOptions(StrictModel):
     # field (a log whose users are mostly new each day: ``[0.9, 0.5, 0.05, ...]``).
     drift: float | list[float] = 0.05
     start: date = date(2024, 1, 1)
+    # A categorical ``weekday`` field (0 = Monday) of each row's day, with no effect of its
+    # own: with daily periods and regimes that switch patterns on at weekends, what a log
+    # of weekly cycles shows a model (benchmarks/seasonal.py).
+    weekday: bool = False
     seed: int = 0
 
     @model_validator(mode="after")
@@ -95,6 +99,8 @@ class SyntheticSource(BaseSource):
             )
             for j, n in enumerate(self.field_names)
         ] + [FeatureSpec(name=n, kind="numeric", transform="bucketize") for n in self.numeric_names]
+        if o.weekday:
+            features.append(FeatureSpec(name="weekday", kind="categorical", source="context"))
         super().__init__(config.features or features, config.periods or PeriodSpec(by="day"))
         self.user_key = config.user_key or "f00"
         rng = np.random.default_rng(o.seed)
@@ -221,6 +227,8 @@ class SyntheticSource(BaseSource):
         cols["time"] = pa.array(time)
         cols.update({name: pa.array(ids[j]) for j, name in enumerate(self.field_names)})
         cols.update({name: pa.array(numeric[:, j]) for j, name in enumerate(self.numeric_names)})
+        if o.weekday:
+            cols["weekday"] = pa.array(np.full(n, (o.start.weekday() + t) % 7, dtype=np.int64))
         return pa.RecordBatch.from_pydict(cols)
 
 

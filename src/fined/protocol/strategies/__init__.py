@@ -31,6 +31,7 @@ from fined.models.scoring import ScoringModel
 from fined.models.trainable import Trainable
 from fined.protocol.data import ProtocolData
 from fined.registry import Registry
+from fined.report.records import KnowledgeUse
 from fined.train.config import KBTrainConfig
 
 Model = ScoringModel[Any]  # what a strategy trains and keeps
@@ -140,6 +141,10 @@ class Strategy:
 
     def after_period(self, net: Model, t: int) -> None:
         pass
+
+    def knowledge_use(self, net: Model, t: int) -> KnowledgeUse | None:
+        """What the model of t made of a KB, for its record (None: it has none)."""
+        return None
 
 
 STRATEGIES: Registry[type[Strategy]] = Registry(

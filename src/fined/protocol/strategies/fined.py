@@ -30,6 +30,8 @@ from fined.protocol.strategies import (
     register_strategy,
 )
 from fined.protocol.strategies.replay import Reservoir
+from fined.report.records import KnowledgeUse
+from fined.train.metrics import auc
 
 
 class FinedSpec(StrategySpec):
@@ -125,6 +127,20 @@ class Fined(Strategy):
         elif self.spec.warm:
             net.load_state_dict(previous)
         return net
+
+    def knowledge_use(self, net: Model, t: int) -> KnowledgeUse:
+        """How far the KB and each slot earned their place, how open the tokens were, and
+        each slot's AUC on P_t's held-out rows."""
+        assert isinstance(net, FinedModel)
+        rows = self.data.holdout([t], t)
+        scores = net.slot_scores(rows).float().numpy()
+        labels = rows.label.numpy()
+        return KnowledgeUse(
+            kb_earned=float(net.kb_earned),
+            slot_earned=[float(x) for x in net.slot_earned],
+            token_share=net.token_share(rows),
+            slot_auc=[auc(labels, scores[:, k]) for k in range(scores.shape[1])],
+        )
 
     def bytes_kept(self, net: Model, t: int) -> int:
         assert isinstance(net, FinedModel)
