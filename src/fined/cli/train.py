@@ -166,12 +166,21 @@ def evaluate(
 def predict(
     run: Annotated[Path, typer.Option(help="A run directory written by `fined train`.")],
     data: Annotated[Path, typer.Option(help="The prepared dataset it was trained on.")],
-    periods: Annotated[str, typer.Option(help="Periods to score.")],
     out: Annotated[Path, typer.Option(help="Scores file: .csv or .parquet.")],
+    periods: Annotated[
+        str | None, typer.Option(help="Periods of the prepared dataset to score.")
+    ] = None,
+    rows: Annotated[
+        Path | None,
+        typer.Option(
+            help="Or raw rows to score: a CSV or Parquet file with the log's own column names."
+        ),
+    ] = None,
     columns: Annotated[
         str,
         typer.Option(
-            help="Also write these: categorical features (raw ids) and `row`, comma-separated."
+            help="Also write these, comma-separated: with --periods categorical features (raw "
+            "ids) and `row`; with --rows any column of the file."
         ),
     ] = "",
     overwrite: Annotated[
@@ -179,17 +188,30 @@ def predict(
     ] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
-    """Click probabilities for every row of some periods, to CSV or Parquet; --columns
-    passes raw ids (and "row", the row's place in its period) through, to join back."""
+    """Click probabilities for every row of some periods, or of a file of raw rows, to CSV or
+    Parquet; --columns passes raw ids or columns (and "row", the row's place in its period
+    or file) through, to join back."""
     from fined.outputs import check_output_file
-    from fined.train.predict import check_score_path, load_saved, predict, write_scores
+    from fined.train.predict import (
+        check_score_path,
+        load_saved,
+        predict,
+        predict_rows,
+        write_scores,
+    )
     from fined.train.selection import parse_periods
 
+    if (periods is None) == (rows is None):
+        raise FinedError("give --periods (of the prepared dataset) or --rows (a file of raw rows)")
     check_output_file(check_score_path(out), overwrite, "--out")
     saved = load_saved(run, data)
-    chosen = parse_periods(periods, saved.store.feature_map)
     passed = [c.strip() for c in columns.split(",") if c.strip()]
-    scores = predict(saved, chosen, passed, device)
+    if rows is not None:
+        scores = predict_rows(saved, rows, passed, device)
+    else:
+        assert periods is not None
+        chosen = parse_periods(periods, saved.store.feature_map)
+        scores = predict(saved, chosen, passed, device)
     write_scores(scores, out)
     console.print(f"wrote {scores.num_rows:,} scores to {out}")
 
