@@ -220,7 +220,13 @@ def predict(
 def export(
     run: Annotated[Path, typer.Option(help="A trained model's directory (model.json).")],
     out: Annotated[Path, typer.Option(help="The artefact (its sidecar: OUT.json).")],
-    format: Annotated[str, typer.Option(help="torchscript | onnx.")] = "torchscript",
+    format: Annotated[
+        str,
+        typer.Option(
+            help="pt2 (torch.export + AOTInductor: needs a C++ compiler) | onnx | torchscript "
+            "(the old format, deprecated by PyTorch)."
+        ),
+    ] = "pt2",
     data: Annotated[
         Path | None,
         typer.Option(help="The prepared dataset it was trained on (default: from run.json)."),
@@ -231,13 +237,13 @@ def export(
 ) -> None:
     """A self-contained scoring artefact of a trained model (a FINED model with its KB folded
     in): encoded id/float/sequence tensors in, click probabilities out, no fined needed."""
-    from fined.artifacts.export import export_model
+    from fined.artifacts.export import FORMATS, OLD_FORMAT, export_model
     from fined.io import read_json
     from fined.outputs import check_output_file
     from fined.train.predict import load_saved
 
-    if format not in ("torchscript", "onnx"):
-        raise FinedError(f"--format {format!r}: expected torchscript or onnx")
+    if format not in FORMATS:
+        raise FinedError(f"--format {format!r}: expected {', '.join(FORMATS)}")
     check_output_file(out, overwrite, "--out")
     if data is None:
         if not (run / "run.json").is_file():
@@ -247,4 +253,9 @@ def export(
     about = {"run": str(run), "data": str(data)}
     sidecar = export_model(saved.model, saved.known_through, out, format, about)  # type: ignore[arg-type]
     names = ", ".join(spec["name"] for spec in sidecar["inputs"])
-    console.print(f"wrote {out} ({format}; inputs {names}) and {out}.json")
+    old = (
+        "; the old format, deprecated by PyTorch: pt2 is the default"
+        if format == OLD_FORMAT
+        else ""
+    )
+    console.print(f"wrote {out} ({format}{old}; inputs {names}) and {out}.json")
