@@ -1,16 +1,22 @@
 """``fined export``: a trained model (a FINED model with its frozen KB folded in) as a
 self-contained scoring artefact, loadable without fined.
 
-- ``torchscript``: ``torch.jit.load(path)(*inputs) -> probabilities [B]``;
+- ``pt2`` (the default): ``torch.export`` with a dynamic batch, compiled by AOTInductor into
+  a package, PyTorch's current way to ship a model without its Python code:
+  ``torch._inductor.aoti_load_package(path)(*inputs) -> probabilities [B]`` (or
+  ``AOTIModelPackageLoader`` in C++). The package holds machine code: it loads in the
+  PyTorch version that compiled it, on a CPU of the kind that compiled it.
 - ``onnx``: an ONNX graph for ONNX Runtime (or any ONNX runtime), same inputs and output.
+- ``torchscript``: the old format, ``torch.jit.load(path)(*inputs)``; PyTorch deprecates
+  TorchScript, so it is kept only while PyTorch ships it.
 
 The inputs are the encoded tensors a prepared dataset holds (``RawRowEncoder`` encodes raw
 rows the same way): ``ids [B, F_id] int32``, ``floats [B, F_float] float32`` (each only when
-the data has such features) and one ``[B, L] int32`` per sequence. Ids that entered the
-vocabulary after the model's training periods are mapped to OOV inside the artefact, as
-``fined predict`` does. A JSON sidecar
-(``FILE.json``) names the inputs in order, with their dtypes, shapes and columns, the output,
-and the feature-map fingerprint the inputs must be encoded with.
+the data has such features) and one ``[B, L] int32`` per sequence; any B, 0 included. Ids
+that entered the vocabulary after the model's training periods are mapped to OOV inside the
+artefact, as ``fined predict`` does. A JSON sidecar (``FILE.json``) names the inputs in
+order, with their dtypes, shapes and columns, the output, the feature-map fingerprint the
+inputs must be encoded with, and how to load and call the artefact without fined.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -32,7 +38,9 @@ from fined.errors import FinedError
 from fined.io import atomic_write_bytes, atomic_write_json
 from fined.models.scoring import ScoringModel
 
-Format = Literal["torchscript", "onnx"]
+Format = Literal["pt2", "onnx", "torchscript"]
+FORMATS: tuple[str, ...] = get_args(Format)
+OLD_FORMAT = "torchscript"  # PyTorch deprecates it (torch.jit); kept while PyTorch ships it
 
 
 class Scorer(nn.Module):
@@ -92,11 +100,69 @@ def _example(fmap: FeatureMap, rows: int = 3) -> tuple[torch.Tensor, ...]:
     )
 
 
+def _dynamic_batch(example: tuple[torch.Tensor, ...]) -> tuple[tuple[dict[int, Any], ...]]:
+    """Dimension 0 of every input is the batch, of any size (0 included), shared by all."""
+    batch = torch.export.Dim("batch", min=0)
+    return (tuple({0: batch} for _ in example),)
+
+
+def _pt2(scorer: Scorer, example: tuple[torch.Tensor, ...]) -> bytes:
+    """The AOTInductor package of ``scorer`` (a zip of the compiled library and weights)."""
+    from torch._inductor import aoti_compile_and_package
+    from torch._inductor.exc import InductorError
+
+    program = torch.export.export(scorer, example, dynamic_shapes=_dynamic_batch(example))
+    buffer = io.BytesIO()
+    try:
+        aoti_compile_and_package(program, package_path=buffer)
+    except InductorError as err:  # no working C++ compiler, most often
+        first = str(err).strip().splitlines()[0]
+        raise FinedError(
+            f"--format pt2: AOTInductor could not compile the model ({first}); it needs a C++ "
+            "compiler (g++ or clang++; CXX names another); or export --format onnx"
+        ) from None
+    return buffer.getvalue()
+
+
+def load_instructions(format: Format, file: str, inputs: list[dict[str, Any]]) -> dict[str, str]:
+    """How the serving side loads and calls the artefact without fined: Python (a dict
+    ``inputs`` of the named inputs), C++ where the format has a loader, and what it needs."""
+    args = ", ".join(f"inputs[{spec['name']!r}]" for spec in inputs)
+    if format == "pt2":
+        return {
+            "python": f"import torch\nscorer = torch._inductor.aoti_load_package({file!r})\n"
+            f"probability = scorer({args})",
+            "cpp": f'torch::inductor::AOTIModelPackageLoader loader("{file}"); '
+            f"auto probability = loader.run({{{args}}})[0];",
+            "inputs": "torch tensors, named, typed and shaped as `inputs` lists them; any "
+            "number of rows, 0 included",
+            "requires": f"PyTorch {torch.__version__} on a CPU like the exporting machine's: the "
+            "package holds machine code compiled for them (export again elsewhere, or use "
+            "--format onnx)",
+        }
+    if format == "onnx":
+        return {
+            "python": f"import onnxruntime\nsession = onnxruntime.InferenceSession({file!r})\n"
+            "(probability,) = session.run(None, inputs)",
+            "inputs": "numpy arrays, named, typed and shaped as `inputs` lists them; any "
+            "number of rows, 0 included",
+            "requires": "onnxruntime (or any ONNX runtime)",
+        }
+    return {
+        "python": f"import torch\nscorer = torch.jit.load({file!r})\nprobability = scorer({args})",
+        "cpp": f'auto scorer = torch::jit::load("{file}"); '
+        f"auto probability = scorer.forward({{{args}}}).toTensor();",
+        "inputs": "torch tensors, named, typed and shaped as `inputs` lists them",
+        "requires": "PyTorch with TorchScript: the old format, deprecated by PyTorch "
+        "(torch.jit); prefer pt2",
+    }
+
+
 def export_model(
     model: ScoringModel[Any],
     known_through: int,
     out: str | Path,
-    format: Format = "torchscript",
+    format: Format = "pt2",
     about: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the artefact to ``out`` and its sidecar to ``out.json``; returns the sidecar."""
@@ -107,12 +173,15 @@ def export_model(
     example = _example(fmap)
     inputs = input_spec(fmap)
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on Python values it freezes
+        # The tracer's notes on Python values it freezes, and PyTorch's notes on its own
+        # internals while it exports and compiles (nothing a user of fined can act on).
+        warnings.simplefilter("ignore")
         buffer = io.BytesIO()
-        if format == "torchscript":
+        if format == "pt2":
+            buffer.write(_pt2(scorer, example))
+        elif format == "torchscript":
             torch.jit.save(torch.jit.trace(scorer, example, check_trace=False), buffer)
         elif format == "onnx":
-            batch = torch.export.Dim("batch")
             names = [spec["name"] for spec in inputs]
             try:
                 with (
@@ -122,7 +191,7 @@ def export_model(
                     program = torch.onnx.export(
                         scorer, example, dynamo=True, input_names=names,
                         output_names=["probability"], verbose=False,
-                        dynamic_shapes=(tuple({0: batch} for _ in example),),
+                        dynamic_shapes=_dynamic_batch(example),
                     )  # fmt: skip
             except ImportError as err:
                 raise FinedError(f"--format onnx needs `onnx` and `onnxscript` ({err})") from None
@@ -130,10 +199,16 @@ def export_model(
             program.save(buffer)  # type: ignore[arg-type]  # a file object works too
             _check_onnx_inputs(buffer.getvalue(), inputs)
         else:
-            raise FinedError(f"--format {format!r}: expected torchscript or onnx")
+            raise FinedError(f"--format {format!r}: expected {', '.join(FORMATS)}")
     atomic_write_bytes(out, buffer.getvalue())
     sidecar = {
         "format": format,
+        **(
+            {"note": "the old format: PyTorch deprecates TorchScript"}
+            if format == OLD_FORMAT
+            else {}
+        ),
+        "load": load_instructions(format, out.name, inputs),
         "model": described.model,
         "fined_model": described.knowledge is not None,
         "fingerprint": fmap.fingerprint,

@@ -173,12 +173,21 @@ def evaluate(
 def predict(
     run: Annotated[Path, typer.Option(help="A run directory written by `fined train`.")],
     data: Annotated[Path, typer.Option(help="The prepared dataset it was trained on.")],
-    periods: Annotated[str, typer.Option(help="Periods to score.")],
     out: Annotated[Path, typer.Option(help="Scores file: .csv or .parquet.")],
+    periods: Annotated[
+        str | None, typer.Option(help="Periods of the prepared dataset to score.")
+    ] = None,
+    rows: Annotated[
+        Path | None,
+        typer.Option(
+            help="Or raw rows to score: a CSV or Parquet file with the log's own column names."
+        ),
+    ] = None,
     columns: Annotated[
         str,
         typer.Option(
-            help="Also write these: categorical features (raw ids) and `row`, comma-separated."
+            help="Also write these, comma-separated: with --periods categorical features (raw "
+            "ids) and `row`; with --rows any column of the file."
         ),
     ] = "",
     overwrite: Annotated[
@@ -186,17 +195,30 @@ def predict(
     ] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
-    """Click probabilities for every row of some periods, to CSV or Parquet; --columns
-    passes raw ids (and "row", the row's place in its period) through, to join back."""
+    """Click probabilities for every row of some periods, or of a file of raw rows, to CSV or
+    Parquet; --columns passes raw ids or columns (and "row", the row's place in its period
+    or file) through, to join back."""
     from fined.outputs import check_output_file
-    from fined.train.predict import check_score_path, load_saved, predict, write_scores
+    from fined.train.predict import (
+        check_score_path,
+        load_saved,
+        predict,
+        predict_rows,
+        write_scores,
+    )
     from fined.train.selection import parse_periods
 
+    if (periods is None) == (rows is None):
+        raise FinedError("give --periods (of the prepared dataset) or --rows (a file of raw rows)")
     check_output_file(check_score_path(out), overwrite, "--out")
     saved = load_saved(run, data)
-    chosen = parse_periods(periods, saved.store.feature_map)
     passed = [c.strip() for c in columns.split(",") if c.strip()]
-    scores = predict(saved, chosen, passed, device)
+    if rows is not None:
+        scores = predict_rows(saved, rows, passed, device)
+    else:
+        assert periods is not None
+        chosen = parse_periods(periods, saved.store.feature_map)
+        scores = predict(saved, chosen, passed, device)
     write_scores(scores, out)
     console.print(f"wrote {scores.num_rows:,} scores to {out}")
 
@@ -205,7 +227,13 @@ def predict(
 def export(
     run: Annotated[Path, typer.Option(help="A trained model's directory (model.json).")],
     out: Annotated[Path, typer.Option(help="The artefact (its sidecar: OUT.json).")],
-    format: Annotated[str, typer.Option(help="torchscript | onnx.")] = "torchscript",
+    format: Annotated[
+        str,
+        typer.Option(
+            help="pt2 (torch.export + AOTInductor: needs a C++ compiler) | onnx | torchscript "
+            "(the old format, deprecated by PyTorch)."
+        ),
+    ] = "pt2",
     data: Annotated[
         Path | None,
         typer.Option(help="The prepared dataset it was trained on (default: from run.json)."),
@@ -216,13 +244,13 @@ def export(
 ) -> None:
     """A self-contained scoring artefact of a trained model (a FINED model with its KB folded
     in): encoded id/float/sequence tensors in, click probabilities out, no fined needed."""
-    from fined.artifacts.export import export_model
+    from fined.artifacts.export import FORMATS, OLD_FORMAT, export_model
     from fined.io import read_json
     from fined.outputs import check_output_file
     from fined.train.predict import load_saved
 
-    if format not in ("torchscript", "onnx"):
-        raise FinedError(f"--format {format!r}: expected torchscript or onnx")
+    if format not in FORMATS:
+        raise FinedError(f"--format {format!r}: expected {', '.join(FORMATS)}")
     check_output_file(out, overwrite, "--out")
     if data is None:
         if not (run / "run.json").is_file():
@@ -232,4 +260,9 @@ def export(
     about = {"run": str(run), "data": str(data)}
     sidecar = export_model(saved.model, saved.known_through, out, format, about)  # type: ignore[arg-type]
     names = ", ".join(spec["name"] for spec in sidecar["inputs"])
-    console.print(f"wrote {out} ({format}; inputs {names}) and {out}.json")
+    old = (
+        "; the old format, deprecated by PyTorch: pt2 is the default"
+        if format == OLD_FORMAT
+        else ""
+    )
+    console.print(f"wrote {out} ({format}{old}; inputs {names}) and {out}.json")

@@ -41,8 +41,8 @@ class AdaptorConfig(StrictModel):
     # previous way to start closed, one learned opening per token started at 0: Adam moves a
     # single scale by about the learning rate a step, so the openings stayed within +-0.02
     # on MovieLens and the tokens never reached the model; and over tokens open from the
-    # start, which slowed learning where users train few passes (3 epochs of a synthetic
-    # log: test AUC 0.7578 for the base model, 0.6898 with open tokens alone).
+    # start, which slowed learning where users train few passes (docs/defaults.md: 3 epochs
+    # of a synthetic log, test AUC 0.7578 for the base model, 0.6898 with open tokens alone).
     start_closed: bool = True
     # Weight of a distillation term towards the frozen KB's own click probabilities (its
     # stage-1 head over the same knowledge vectors). The tokens are the channel, this is the
@@ -59,14 +59,15 @@ class AdaptorConfig(StrictModel):
     # where they agree (the past the recent model did not reject). ``confidence``: the best
     # held-out AUC of the four on MovieLens, within 0.0003 of ``agreement`` over MovieLens
     # and the synthetic drift together, and it needs no model of t-1 (validation only;
-    # README, "Choosing defaults").
+    # docs/defaults.md).
     kb_trust: Literal["constant", "confidence", "disagreement", "agreement"] = "confidence"
     # Scale the tokens and the pull by how far the KB has earned its place on the rows the
     # model trains on: the share of recent batches on which the KB's own predictions rank
-    # the clicks above chance (``fined_model.kb_earned``; it starts at 0). Chosen (issue 20)
-    # because tokens from a KB that predicts nothing (random, or built on labels that no
-    # longer hold) are extra features the model memorises with: 3 epochs on the recurring
-    # synthetic log, test AUC 0.7816 for the base model, 0.7562 with a random KB's tokens.
+    # the clicks above chance (``fined_model.kb_earned``; it starts at 0). Chosen
+    # (docs/defaults.md) because tokens from a KB that predicts nothing (random, or built on
+    # labels that no longer hold) are extra features the model memorises with: 3 epochs on
+    # the recurring synthetic log, test AUC 0.7816 for the base model, 0.7562 with a random
+    # KB's tokens.
     kb_earned: bool = True
     # Per pattern, not per KB: each slot's weight is the share of recent batches on which
     # that slot's own click score ranks the current rows' clicks beyond chance; a slot that

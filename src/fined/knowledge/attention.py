@@ -36,7 +36,9 @@ class FieldAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, f, d = x.shape
-        q, k, v = self.qkv(self.attention_norm(x)).view(b, f, 3, self.heads, -1).unbind(2)
+        # d // heads, never -1: a batch of zero rows leaves nothing to infer -1 from.
+        qkv = self.qkv(self.attention_norm(x)).view(b, f, 3, self.heads, d // self.heads)
+        q, k, v = qkv.unbind(2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, h, F, d_h]
         if x.is_cuda:  # PyTorch's fused attention kernel (the same function)
             attended = F.scaled_dot_product_attention(q, k, v)

@@ -68,6 +68,6 @@ class KnowledgeEncoder(nn.Module):
         squares = torch.bmm(zt.square(), fields.square()).mul_(-0.5)
         torch.addcmul(squares, summed, summed, value=0.5, out=pooled[..., d:])
         hidden = torch.mm(pooled.view(-1, 2 * d), self.body.first.weight[:, : 2 * d].t())
-        hidden.view(b, slots, -1).add_(self.slot_bias()).relu_()
+        hidden.view(b, slots, hidden.shape[1]).add_(self.slot_bias()).relu_()  # no -1: B may be 0
         hidden = self.body.after_first_activation(hidden)
         return torch.addmm(self.mu.bias, hidden, self.mu.weight.t()).view(b, slots, d)

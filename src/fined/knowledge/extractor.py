@@ -91,6 +91,6 @@ class KnowledgeExtractor(nn.Module):
         x = self.attention.forward_frozen_(fields + self.field_type)
         weight = SHIFT_SCALE * self.gate_logits.weight
         shifts = normalized_linear(self.context_norm, weight, None, x.view(-1, d))
-        log_alpha = shifts.view(b, f, -1).add_(self.gate_offset())
+        log_alpha = shifts.view(b, f, shifts.shape[1]).add_(self.gate_offset())  # no -1: B may be 0
         gate = self.gate
         return log_alpha.sigmoid_().mul_(gate.zeta - gate.gamma).add_(gate.gamma).clamp_(0.0, 1.0)

@@ -155,9 +155,11 @@ class SelfAttentionLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, f, _ = x.shape
-        q, k, v = self.qkv(x).view(b, f, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        # Sizes spelt out, never -1: a batch of zero rows leaves nothing to infer -1 from.
+        d_h = self.qkv.out_features // (3 * self.num_heads)
+        q, k, v = self.qkv(x).view(b, f, 3, self.num_heads, d_h).permute(2, 0, 3, 1, 4)
         out = short_softmax(q @ k.transpose(-1, -2)) @ v  # [B, h, F, d_h]
-        out = out.transpose(1, 2).reshape(b, f, -1)
+        out = out.transpose(1, 2).reshape(b, f, self.num_heads * d_h)
         if self.residual is not None:
             out = out + self.residual(x)
         out = torch.relu(out)

@@ -29,7 +29,7 @@ from fined.train.kb_builder import check_l0_ramp
 # Part of a run's identity, beside its config: cells and cached KBs of an older layout cannot
 # be resumed (model_format 2: FINED models with the adaptor's opening; earlier cells do not
 # load).
-MODEL_FORMAT = 2
+MODEL_FORMAT = 3
 
 
 @dataclass(frozen=True)

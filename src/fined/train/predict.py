@@ -9,6 +9,10 @@ vocabulary after its last training period are OOV to it, as in training::
     saved = load_saved("runs/deepfm", "runs/ml100k")
     scores = predict(saved, [6, 7], columns=["user_id", "row"])  # a pyarrow Table
     write_scores(scores, "scores.parquet")                         # or .csv
+    scores = predict_rows(saved, "new_rows.csv", columns=["request_id"])  # raw rows
+
+Raw rows (``predict_rows``) take the path a serving side takes: ``RawRowEncoder`` reads a CSV
+or Parquet file with the log's own column names and checks it as prepare checked the log.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
 
 from fined.artifacts.model_store import known_through, load_model
+from fined.data.batch import Batch
 from fined.data.loader import PeriodStore
 from fined.data.raw_rows import RawRowEncoder
 from fined.devices import resolve_device
@@ -93,6 +99,42 @@ def predict(
                 table[name] = pa.array(values)
         parts.append(pa.table(table))
     return pa.concat_tables(parts)
+
+
+def predict_rows(
+    saved: SavedModel, rows: str | Path, columns: Sequence[str] = (), device: str = "auto"
+) -> pa.Table:
+    """Click probabilities for the raw rows of a CSV or Parquet file (the log's own column
+    names; see ``RawRowEncoder``), in file order: ``row`` (the row's place in the file),
+    ``score``, then each of ``columns``, any column of the file, copied as it is. Ids that
+    entered the vocabulary after the model's training periods are OOV to it, as in
+    ``predict``; a file of no rows gives no scores."""
+    encoder = RawRowEncoder(saved.store.directory)
+    extra = [c for c in columns if c != "row"]
+    trainer = Trainer(saved.model, device=resolve_device(device))
+    limits, seq_limits = encoder.feature_map.known_limits(saved.known_through)
+    scores, kept = [], []
+    for raw, inputs in encoder.read(rows, extra):
+        n = raw.num_rows
+        batch = Batch(
+            ids=torch.from_numpy(inputs["ids"]),
+            floats=torch.from_numpy(inputs["floats"]),
+            sequences={
+                k: torch.from_numpy(v) for k, v in inputs.items() if k not in ("ids", "floats")
+            },
+            label=torch.zeros(n),
+            time=torch.zeros(n, dtype=torch.int64),
+        )
+        scores.append(trainer.predict(batch.forget_later_ids(torch.tensor(limits), seq_limits)))
+        kept.append(pa.table({c: raw.column(c) for c in extra}))
+    n = sum(len(s) for s in scores)
+    table = {
+        "row": pa.array(range(n), pa.int64()),
+        "score": pa.array(np.concatenate(scores) if scores else np.empty(0, np.float32)),
+    }
+    for c in extra:
+        table[c] = pa.concat_tables(kept)[c] if kept else pa.array([], pa.string())
+    return pa.table(table)
 
 
 def check_score_path(out: str | Path) -> Path:

@@ -42,15 +42,17 @@ def _first_bad_number(values: pa.Array | pa.ChunkedArray) -> object:
     return "?"
 
 
-def finite_numbers(values: pa.Array, column: str, row0: int) -> pa.Array:
+def finite_numbers(values: pa.Array, named: str, row0: int) -> pa.Array:
     """``values`` (float64), refused if one is infinite: a mean, a standard deviation or
-    quantiles fitted on it are not numbers. ``row0``: the input row number of the first."""
+    quantiles fitted on it are not numbers, and a model scoring one puts it in the top
+    bucket. ``named``: the column as messages name it (``column 'price'``); ``row0``: the
+    input row number of the first value."""
     arr = values.to_numpy(zero_copy_only=False)  # nulls read as NaN: missing, allowed
     bad = np.flatnonzero(np.isinf(arr))
     if bad.size:
         i = int(bad[0])
         raise FinedError(
-            f"numeric column {column!r}: row {row0 + i + 1:,} of the input holds {arr[i]}, "
+            f"numeric {named}: row {row0 + i + 1:,} of the input holds {arr[i]}, "
             "not a finite number (leave the field empty for a missing value)"
         )
     return values

@@ -6,7 +6,9 @@ the default features and the default periods.
 
 Reading streams with bounded memory: ``pyarrow.csv.open_csv`` with an explicit type for every
 column read (so that ids are never guessed as floats, and a late odd value cannot break type
-inference of the first block), or ``ParquetFile.iter_batches``. Files are read in sorted
+inference of the first block), or ``ParquetFile.iter_batches``; the columns and the feature
+values are read by ``reading.py``, the path rows to score take too (the job's ``RawReading``
+is kept beside the prepared data, ``raw_columns.json``). Files are read in sorted
 (natural) order, so ``D2_0.csv`` comes before ``D10_0.csv``, and each call of ``batches()``
 yields the same rows in the same order. A directory's hidden files (``.DS_Store``, editors'
 swap files: names that start with a dot) are never read; a file of the other format among
@@ -25,31 +27,33 @@ Column conventions of the standardized batches:
 
 from __future__ import annotations
 
-import codecs
-import csv
 import glob
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from fined.config import StrictModel, parse_model
 from fined.data.datasets import register
-from fined.data.datasets.columns import binary_label, finite_numbers, parse_time, split_list
+from fined.data.datasets.columns import binary_label, parse_time
+from fined.data.datasets.reading import (
+    FILE_NAME,
+    RawColumn,
+    RawReading,
+    TimePart,
+    file_format,
+    read_batches,
+)
 from fined.data.datasets.source import BaseSource
 from fined.data.schema import FeatureSpec, PathText, PeriodSpec, PrepareConfig, check_features
 from fined.errors import FinedError
 
-TimePart = Literal["hour_of_day", "weekday"]
 _CALENDAR = ("hour", "day", "week", "month", "boundaries")
-_BLOCK_BYTES = 4 << 20  # CSV read block: memory per file stays a few blocks
 
 
 class TableOptions(StrictModel):
@@ -114,69 +118,6 @@ def list_files(path: str, dir_glob: str) -> list[Path]:
     return sorted(files, key=_natural_key)
 
 
-def _csv_header(path: Path, delimiter: str) -> list[str]:
-    """Column names in the first line (compressed files too), stripped of spaces and BOM;
-    text that is not UTF-8 is refused (Arrow's reader reads UTF-8 only)."""
-    head = b""
-    with pa.input_stream(str(path), compression="detect") as stream:
-        while b"\n" not in head:
-            chunk = stream.read(1 << 16)
-            if not chunk:
-                break
-            head += chunk
-    if not head.strip():
-        raise FinedError(f"{path}: the file is empty (a header line was expected)")
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise FinedError(f"{path}: the file is UTF-16 text; save it as UTF-8")
-    first = head.split(b"\n", 1)[0]
-    try:
-        line = first.decode("utf-8-sig").rstrip("\r")
-    except UnicodeDecodeError as err:
-        raise FinedError(
-            f"{path}: not UTF-8 text (byte {first[err.start]:#04x} at offset {err.start} of "
-            "the first line); save it as UTF-8"
-        ) from None
-    return [n.strip() for n in next(csv.reader([line], delimiter=delimiter), [])]
-
-
-def _as_ids(values: pa.Array, column: str) -> pa.Array:
-    """Categorical ids as string or int64 (floats only when whole numbers)."""
-    t = values.type
-    if pa.types.is_dictionary(t):
-        return _as_ids(values.dictionary_decode(), column)
-    if t == pa.uint64():  # may exceed int64: as text, losslessly, in the form the user knows
-        return pc.cast(values, pa.string())
-    if pa.types.is_integer(t):
-        return pc.cast(values, pa.int64())
-    if pa.types.is_floating(t):
-        try:
-            return pc.cast(values, pa.int64())
-        except pa.ArrowInvalid:
-            if pc.any(pc.is_nan(values)).as_py():  # how pandas writes a missing integer id
-                raise FinedError(
-                    f"column {column!r}: an id is NaN (pandas' missing value in a float "
-                    "column); write the ids as integers with nulls (pandas Int64) or as text"
-                ) from None
-            raise FinedError(f"column {column!r}: ids must be whole numbers or text") from None
-    return pc.fill_null(pc.cast(values, pa.string()), "")
-
-
-def _as_sequence(values: pa.Array, delimiter: str) -> pa.Array:
-    """A list column as ``list<int64|string>``, or text split on ``delimiter``."""
-    t = values.type
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        whole = pa.types.is_integer(t.value_type) and t.value_type != pa.uint64()
-        item = pa.int64() if whole else pa.string()  # uint64 may exceed int64: as text
-        return pc.cast(values, pa.list_(item))
-    return split_list(values, delimiter)
-
-
-def _time_part(seconds: np.ndarray, part: TimePart) -> np.ndarray:
-    if part == "hour_of_day":
-        return seconds // 3600 % 24
-    return (seconds // 86400 + 3) % 7  # Monday = 0; 1970-01-01 was a Thursday
-
-
 def _rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
     """Regroup a stream of batches into batches of ``rows`` rows (the last one shorter)."""
     buf: list[pa.RecordBatch] = []
@@ -227,24 +168,30 @@ class TableSource(BaseSource):
         if periods.by == "key" and options.period_from_file is None:
             raise FinedError(f"{name}: periods.by: key needs options.period_from_file")
         self.files = list_files(options.path, options.dir_glob)
-        self.format = options.format or self._format_of(self.files[0])
+        self.format = options.format or file_format(self.files[0])
         self._check_one_format()
         self.keys = {f: self._period_key(f) for f in self.files}
+        self.reading = RawReading(
+            columns=[
+                RawColumn(name=f.name, kind=f.kind, column=f.raw_column,
+                          delimiter=f.delimiter if "delimiter" in f.model_fields_set
+                          else options.list_delimiter)
+                for f in features
+            ],
+            delimiter=options.delimiter, header=options.header,
+            column_names=options.column_names, time=options.time,
+            time_format=options.time_format, derive_from_time=options.derive_from_time,
+        )  # fmt: skip
 
-        # Raw columns to read, each once, and the type each is read as from CSV.
-        self.derived = options.derive_from_time
+        # Raw columns to read, each once, and the type each is read as from CSV (label and
+        # time stay text: their parsers take text).
         needed = [options.label, *([options.time] if options.time else [])]
-        needed += [f.raw_column for f in features if f.raw_column not in self.derived]
-        self.needed = list(dict.fromkeys(needed))
-        # Label and time stay text (their parsers take text); numeric columns are float64.
-        numeric = {f.raw_column for f in features if f.kind == "numeric"}
-        numeric -= {options.label, options.time}
-        self.csv_types = {c: pa.float64() if c in numeric else pa.string() for c in self.needed}
+        self.needed = list(dict.fromkeys([*needed, *self.reading.raw_columns()]))
+        self.csv_types = self.reading.csv_types(self.needed)
 
-    @staticmethod
-    def _format_of(path: Path) -> str:
-        suffixes = [s.lower() for s in path.suffixes]
-        return "parquet" if ".parquet" in suffixes or ".pq" in suffixes else "csv"
+    def extra_files(self) -> dict[str, Any]:
+        """How the log's columns were read: rows to score are read the same way."""
+        return {FILE_NAME: self.reading.model_dump(mode="json")}
 
     def _check_one_format(self) -> None:
         """Every file read is of the job's format: a stray file of the other one (a
@@ -252,9 +199,9 @@ class TableSource(BaseSource):
         for path in self.files:
             suffixes = {s.lower() for s in path.suffixes}
             known = suffixes & {".csv", ".tsv", ".parquet", ".pq"}  # a suffix that says it
-            if known and self._format_of(path) != self.format:
+            if known and file_format(path) != self.format:
                 raise FinedError(
-                    f"{path}: a {self._format_of(path)} file among the {self.format} files of "
+                    f"{path}: a {file_format(path)} file among the {self.format} files of "
                     f"{self.options.path}; move it away (or narrow options.dir_glob)"
                 )
 
@@ -280,7 +227,10 @@ class TableSource(BaseSource):
         row = 0  # running row number over all files: the time of sources without one
         schema = None  # every batch must match the first (Parquet files may disagree)
         for path in self.files:
-            for raw in self._raw_batches(path, chunk_rows):
+            raws = read_batches(
+                path, self.needed, self.reading, self.csv_types, chunk_rows, self.format
+            )
+            for raw in raws:
                 try:
                     batch = self._standardize(raw, row, self.keys[path])
                 except FinedError as err:
@@ -298,58 +248,6 @@ class TableSource(BaseSource):
             only = " (a header only)" if self.format == "csv" and self.options.header else ""
             raise FinedError(f"{self.options.path}: no rows{only}")
 
-    def _check_columns(self, path: Path, present: list[str]) -> None:
-        twice = [c for c in self.needed if present.count(c) > 1]
-        if twice:  # which of the two is meant cannot be told
-            raise FinedError(f"{path}: column {twice[0]!r} appears more than once")
-        missing = [c for c in self.needed if c not in present]
-        if missing:
-            raise FinedError(
-                f"{path}: missing column {missing[0]!r}"
-                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                + f"; the file has: {', '.join(present)}"
-            )
-
-    def _raw_batches(self, path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
-        if not path.is_file():
-            raise FinedError(f"{path}: no such file")
-        if self.format == "parquet":
-            yield from self._parquet_batches(path, chunk_rows)
-        else:
-            yield from self._csv_batches(path)
-
-    def _parquet_batches(self, path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise FinedError(f"{path}: not a readable Parquet file ({err})") from None
-        self._check_columns(path, pf.schema_arrow.names)
-        yield from pf.iter_batches(batch_size=chunk_rows, columns=self.needed)
-
-    def _csv_batches(self, path: Path) -> Iterator[pa.RecordBatch]:
-        opts = self.options
-        if opts.header:
-            names, skip = _csv_header(path, opts.delimiter), 1
-        else:
-            names, skip = list(opts.column_names or []), 0
-        self._check_columns(path, names)
-        try:
-            reader = pacsv.open_csv(
-                path,
-                read_options=pacsv.ReadOptions(
-                    column_names=names, skip_rows=skip, block_size=_BLOCK_BYTES
-                ),
-                parse_options=pacsv.ParseOptions(delimiter=opts.delimiter),
-                convert_options=pacsv.ConvertOptions(
-                    column_types=self.csv_types, include_columns=self.needed
-                ),
-            )
-            yield from reader
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-            # Arrow says "column #3"; name it, so the message alone tells where to look.
-            msg = re.sub(r"column #(\d+)", lambda m: f"column {names[int(m[1])]!r}", str(err))
-            raise FinedError(f"{path}: {msg}") from None
-
     def _standardize(self, raw: pa.RecordBatch, row: int, key: int | None) -> pa.RecordBatch:
         opts = self.options
         n = raw.num_rows
@@ -362,42 +260,13 @@ class TableSource(BaseSource):
         if key is not None:
             cols["period_key"] = pa.array(np.full(n, key, dtype=np.int64))
         seconds = pc.fill_null(time, 0).to_numpy(zero_copy_only=False)  # nulls: left out later
-        for f in self.features:
-            col = f.raw_column
-            if col in self.derived:
-                values = pa.array(_time_part(seconds, self.derived[col]))
-            else:
-                values = raw.column(col)
-            try:
-                cols[f.name] = self._feature_values(f, values, row)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-                # A type no conversion handles (a Parquet struct or map column).
-                raise FinedError(
-                    f"column {col!r} has type {values.type}, which a {f.kind} feature cannot read"
-                ) from None
+        cols.update(self.reading.features(raw, row, seconds))
         return pa.RecordBatch.from_pydict(cols)
-
-    def _feature_values(self, f: FeatureSpec, values: pa.Array, row: int) -> pa.Array:
-        """One feature's raw column in the standard form; ``row``: its first row's number."""
-        col = f.raw_column
-        if f.kind == "categorical":
-            return _as_ids(values, col)
-        if f.kind == "numeric":
-            return finite_numbers(self._as_float(values, col), col, row)
-        own = "delimiter" in f.model_fields_set
-        return _as_sequence(values, f.delimiter if own else self.options.list_delimiter)
 
     def _parse_time(self, values: pa.Array, column: str) -> pa.Array:
         if pa.types.is_timestamp(values.type):  # Parquet time stamps need no format
             return pc.cast(pc.cast(values, pa.timestamp("s"), safe=False), pa.int64())
         return parse_time(values, self.options.time_format, column)
-
-    @staticmethod
-    def _as_float(values: pa.Array, column: str) -> pa.Array:
-        try:
-            return pc.cast(values, pa.float64())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise FinedError(f"numeric column {column!r}: a value is not a number") from None
 
 
 def default_periods(options: TableOptions) -> PeriodSpec:

@@ -320,7 +320,7 @@ class TaobaoAdRawSource(BaseSource):
         table = pa.Table.from_batches(list(self._batches_of(file)), schema=schema)
         if "price" in table.column_names:  # an infinite price has no mean or quantiles
             try:
-                finite_numbers(_plain(table["price"]), "price", 0)
+                finite_numbers(_plain(table["price"]), "column 'price'", 0)
             except FinedError as err:
                 raise FinedError(f"{self.options.path / file}: {err}") from None
         return table

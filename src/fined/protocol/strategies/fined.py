@@ -48,7 +48,7 @@ class FinedSpec(StrategySpec):
     # Distillation from the strategy's own model of t-1, as ``kd`` does and with kd's weight
     # (0: none): the KB beside the remedy it competes with. The default was chosen on the
     # held-out AUC over every period trained on (validation only), over MovieLens and the
-    # synthetic drift; README, "Choosing defaults".
+    # synthetic drift; docs/defaults.md.
     kd_weight: float = Field(0.5, ge=0)
     # The bytes kept from the past in all: a reservoir of past rows fills what the KB leaves
     # (None: the KB alone, no reservoir).
