@@ -181,7 +181,7 @@ def predict(
 ) -> None:
     """Click probabilities for every row of some periods, to CSV or Parquet; --columns
     passes raw ids (and "row", the row's place in its period) through, to join back."""
-    from fined.outputs import check_output_file
+    from fined.outputs import check_output_file, record_written
     from fined.train.predict import check_score_path, load_saved, predict, write_scores
     from fined.train.selection import parse_periods
 
@@ -191,6 +191,7 @@ def predict(
     passed = [c.strip() for c in columns.split(",") if c.strip()]
     scores = predict(saved, chosen, passed, device)
     write_scores(scores, out)
+    record_written(out)  # ours to replace next time, as long as nobody changes it
     console.print(f"wrote {scores.num_rows:,} scores to {out}")
 
 
@@ -211,7 +212,7 @@ def export(
     in): encoded id/float/sequence tensors in, click probabilities out, no fined needed."""
     from fined.artifacts.export import export_model
     from fined.io import read_json
-    from fined.outputs import check_output_file
+    from fined.outputs import check_output_file, record_written
     from fined.train.predict import load_saved
 
     if format not in ("torchscript", "onnx"):
@@ -224,5 +225,6 @@ def export(
     saved = load_saved(run, data)
     about = {"run": str(run), "data": str(data)}
     sidecar = export_model(saved.model, saved.known_through, out, format, about)  # type: ignore[arg-type]
+    record_written(out)
     names = ", ".join(spec["name"] for spec in sidecar["inputs"])
     console.print(f"wrote {out} ({format}; inputs {names}) and {out}.json")
