@@ -5,13 +5,13 @@ job peaks at 3.1 GiB with one thread per pool (measured on Linux, glibc). Every 
 starts reserves more: its stack, and a malloc arena of up to 64 MiB. Under a limit
 (``RLIMIT_AS``, ``ulimit -v``) a pool that cannot start its threads fails inside its own
 library: polars' pool panicked at its first query (``could not spawn threads``), and with
-``RUST_BACKTRACE`` set the panic's backtrace asked for memory it could not get and the
-process hung (3.5 GiB, 32 threads); at 3 GiB Rust aborted the process. fined cannot catch
-either, so it acts before any library loads (``fit_to_address_space``, the first thing the
-command does): below ``MIN_ADDRESS_SPACE`` it refuses in one line; above it, the pools are
-given the threads the limit leaves room for (``POLARS_MAX_THREADS``, ``OMP_NUM_THREADS``,
-unless already set). Measured with these rules: 4 GiB runs a small ``fined run`` with 32 and
-with 64 polars threads.
+``RUST_BACKTRACE`` set the panic's backtrace asked for memory it could not get (3.5 GiB, 32
+threads: one run hung, one ended in a ``PanicException`` traceback, one finished); at 3 GiB
+Rust aborted the process. fined cannot catch these, so it acts before any library loads
+(``fit_to_address_space``, the first thing the command does): below ``MIN_ADDRESS_SPACE`` it
+refuses in one line; above it, the pools are given the threads the limit leaves room for
+(``POLARS_MAX_THREADS``, ``OMP_NUM_THREADS``, unless already set). Measured: 4 GiB runs a
+small ``fined run`` with 32 and with 64 polars threads.
 """
 
 from __future__ import annotations
