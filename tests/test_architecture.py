@@ -24,7 +24,18 @@ from fined.protocol.config import RunConfig, load_run_config
 from fined.protocol.strategies import STRATEGIES, Strategy, StrategySpec, register_strategy
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "fined"
-BOTTOM = {"__init__", "errors", "config", "io", "outputs", "registry", "distributed", "devices"}
+BOTTOM = {
+    "__init__",
+    "errors",
+    "config",
+    "io",
+    "outputs",
+    "workers",
+    "limits",
+    "registry",
+    "distributed",
+    "devices",
+}
 LAYERS = ["data", "models", "knowledge", "artifacts", "train", "report", "protocol", "tune", "cli"]
 
 

@@ -17,8 +17,9 @@ import torch
 from fined.errors import FinedError
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """The device ``spec`` names; ``auto``: this rank's GPU if there is one, else the CPU."""
+def resolve_device(spec: str = "auto", where: str = "--device") -> torch.device:
+    """The device ``spec`` names; ``auto``: this rank's GPU if there is one, else the CPU.
+    ``where``: what set it, as a refusal says it (``--device``, or a config's ``device:``)."""
     spec = spec.strip().lower()
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
@@ -27,16 +28,16 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             build = "a CPU build of PyTorch" if torch.version.cuda is None else "no GPU visible"
-            raise FinedError(f"--device {spec}: CUDA is not available here ({build}); use cpu")
+            raise FinedError(f"{where} {spec}: CUDA is not available here ({build}); use cpu")
         if spec == "cuda":
             return torch.device("cuda", _local_rank() % torch.cuda.device_count())
         index = spec.removeprefix("cuda:")
         if not index.isdigit() or int(index) >= torch.cuda.device_count():
             raise FinedError(
-                f"--device {spec}: no such GPU (this machine has {torch.cuda.device_count()})"
+                f"{where} {spec}: no such GPU (this machine has {torch.cuda.device_count()})"
             )
         return torch.device("cuda", int(index))
-    raise FinedError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
+    raise FinedError(f"{where} {spec!r}: expected auto, cpu, cuda or cuda:N")
 
 
 def free_memory(device: torch.device) -> int:

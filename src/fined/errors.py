@@ -7,3 +7,8 @@ traceback.
 
 class FinedError(Exception):
     """A user-facing error: the message alone must tell what is wrong and where."""
+
+
+class TrainingDiverged(FinedError):
+    """Training produced numbers that are not finite: a property of its settings (a learning
+    rate too high), which a search records as that trial's result and goes on."""

@@ -73,6 +73,30 @@ def remove_stale(directory: Path, name: str) -> None:
                 os.unlink(entry.path)
 
 
+def spill_directory(prefix: str, parent: Path | None = None) -> Path:
+    """A new work directory for one process's spill files, in ``parent`` (None: the system
+    temporary directory), named ``PREFIX.HOST.PID.TOKEN``. The owner removes it when done;
+    those a killed process left (this host's, their process gone) are removed here first,
+    as the next writer removes any temporary."""
+    import socket
+    import tempfile
+
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    parent = Path(parent if parent is not None else tempfile.gettempdir())
+    # Another host's process ids mean nothing here: only this host's leftovers are swept.
+    pattern = re.compile(rf"^{re.escape(prefix)}\.{re.escape(host)}\.(\d+)\.[0-9A-Za-z_]+$")
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        entries = []
+    for entry in entries:
+        m = pattern.match(entry.name)
+        dead = m is not None and not process_alive(int(m.group(1)))
+        if dead and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}.{host}.{os.getpid()}.", dir=parent))
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     if path.is_dir():

@@ -8,14 +8,19 @@ marker is refused, never written into; one made by another command is refused to
 
 A directory is locked while a command works in it (an OS file lock, which the kernel releases
 when the process ends, kill -9 included): a second process on it fails at once, naming the
-holder. A prepared dataset is replaced whole by a swap that leaves the old copy recoverable
-at every instant: if a process dies between the swap's two renames, the next one to look
-puts the old copy back.
+holder. Its worker processes hold a second, shared lock of their own (``hold_as_worker``),
+so that no command claims the directory while a worker of an ended one still writes in it.
+A single file a command writes is replaced later only if the record beside it
+(``record_written``) shows that fined wrote it and nobody changed it since. A prepared
+dataset is replaced whole by a swap that leaves the old copy recoverable at every instant:
+if a process dies between the swap's two renames, the next one to look puts the old copy
+back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -42,7 +47,12 @@ from fined.io import (
 
 MARKER = ".fined-output.json"
 LOCK = ".fined.lock"
-_OWN_FILES = {MARKER, LOCK}
+# Held (shared) by every worker process of the command that holds LOCK, for its whole life:
+# a command claiming the directory waits until no worker of an earlier one is left.
+WORKERS_LOCK = ".fined.workers.lock"
+_OWN_FILES = {MARKER, LOCK, WORKERS_LOCK}
+WORKERS_GONE_WITHIN = 15.0  # seconds a claim waits for an ended command's workers to end
+_HELD: list[int] = []  # the workers' locks this process holds until it ends
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
@@ -74,7 +84,7 @@ def check_claimable(path: Path, command: str) -> dict[str, Any] | None:
         raise FinedError(f"{path}: exists and is not a directory")
     marker = read_marker(path)
     if marker is None:
-        if set(_entries(path)) <= {LOCK}:
+        if set(_entries(path)) <= _OWN_FILES - {MARKER}:
             return None
         raise FinedError(
             f"{path}: exists and is not a fined output (it has no {MARKER}); not writing "
@@ -147,9 +157,53 @@ def _locked(path: Path) -> Iterator[None]:
         info = {"pid": os.getpid(), "command": _command_line(), "since": since}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
+        _no_workers_left(path)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _no_workers_left(path: Path) -> None:
+    """Wait (a little) until no worker process of an earlier command holds ``path``: the
+    workers of a parent killed with kill -9 end with it, within a moment."""
+    import fcntl
+
+    try:
+        fd = os.open(path / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise FinedError(f"{path / WORKERS_LOCK}: {describe_os_error(err)}") from None
+    try:
+        deadline = time.monotonic() + WORKERS_GONE_WITHIN
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise FinedError(
+                        f"{path}: worker processes of an earlier fined command still work in "
+                        f"it ({WORKERS_GONE_WITHIN:.0f} s after it ended); wait for them to "
+                        "end, or end them"
+                    ) from None
+                time.sleep(0.1)
+    finally:
+        os.close(fd)  # the check only: this command's own workers take it next
+
+
+def hold_as_worker(path: str | Path) -> None:
+    """Hold ``path``'s workers' lock for the rest of this process's life: this process works
+    in ``path`` for the command that holds it (``--jobs``, ``--nproc``)."""
+    if not CAN_LOCK:
+        return
+    import fcntl
+
+    path = Path(path)
+    try:
+        fd = os.open(path / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise FinedError(f"{path / WORKERS_LOCK}: {describe_os_error(err)}") from None
+    fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a claim looks (a moment)
+    _HELD.append(fd)
 
 
 @contextlib.contextmanager
@@ -278,15 +332,71 @@ def replaced_directory(
 def check_output_file(path: str | Path, overwrite: bool, option: str) -> Path:
     """A single file a command is about to write: its directory must exist (no directories
     are created for it), it must not be a directory, and an existing file is replaced only
-    with ``--overwrite`` or when it lies inside one of our output directories."""
+    with ``--overwrite`` or when fined wrote it there itself and it has not changed since
+    (``record_written``) — inside one of our output directories too, where a user's notes,
+    or another command's results, may lie."""
     path = Path(path)
     if path.is_dir():
         raise FinedError(f"{option} {path}: is a directory (a file name was expected)")
     if not path.parent.is_dir():
         raise FinedError(f"{option} {path}: no directory {path.parent} (create it first)")
-    if path.exists() and not overwrite and read_marker(path.parent) is None:
+    if (path.exists() or path.is_symlink()) and not overwrite and not written_by_fined(path):
         raise FinedError(
-            f"{option} {path}: exists (a file outside fined's output directories, even one "
-            "an earlier command wrote, is replaced only on request); pass --overwrite"
+            f"{option} {path}: exists and is not a file this command wrote there (or it "
+            "changed since): it is replaced only on request; pass --overwrite"
         )
     return path
+
+
+# -- single files: which ones fined wrote -------------------------------------------------------
+# Beside the single files a command writes (scores, plots, exported models), a record of their
+# names and digests: the proof that a file of that name is ours to replace.
+WRITTEN = ".fined-written.json"
+
+
+def _written_record(directory: Path) -> dict[str, Any] | None:
+    """The record of ``directory`` ({name: {"sha256", "bytes"}}); {} when there is none;
+    None when a file of that name is not ours (then nothing is recorded there)."""
+    file = directory / WRITTEN
+    if not file.exists() and not file.is_symlink():
+        return {}
+    try:
+        doc = json.loads(file.read_bytes()) if file.is_file() and not file.is_symlink() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("written_by") != "fined":
+        return None
+    files = doc.get("files")
+    return files if isinstance(files, dict) else None
+
+
+def written_by_fined(path: Path) -> bool:
+    """Whether ``path`` is a file a fined command wrote (``record_written``), unchanged."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    entry = (_written_record(path.parent) or {}).get(path.name)
+    if not isinstance(entry, dict) or entry.get("bytes") != path.stat().st_size:
+        return False
+    return entry.get("sha256") == _file_digest(path)
+
+
+def record_written(path: str | Path) -> None:
+    """Record the file ``path`` just written (its name and digest) beside it, so that the
+    command may replace it later without ``--overwrite``; records of files gone are
+    dropped."""
+    path = Path(path)
+    with _parent_locked(path.parent):
+        files = _written_record(path.parent)
+        if files is None:
+            return  # a file of the record's name that fined did not write: left alone
+        files = {name: entry for name, entry in files.items() if (path.parent / name).is_file()}
+        files[path.name] = {"sha256": _file_digest(path), "bytes": path.stat().st_size}
+        atomic_write_json(path.parent / WRITTEN, {"written_by": "fined", "files": files})
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -16,7 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save
 
-from fined.artifacts.weights import read_weights
+from fined.artifacts.description import check_description, header_entry
+from fined.artifacts.weights import check_shapes, read_weights, size_fields
 from fined.config import parse_model
 from fined.data.feature_map import FeatureMap
 from fined.errors import FinedError
@@ -24,6 +25,7 @@ from fined.io import atomic_write_bytes, atomic_write_json, read_json
 from fined.knowledge.knowledge_base import KBConfig, KnowledgeBase
 
 WEIGHTS, META = "kb.safetensors", "kb.json"
+OF_WEIGHTS = ("bytes", "weights_sha256")  # keys of kb.json about its weights file
 # Bumped whenever the KB's weights change layout (2: the extractor's own attention block and
 # the encoder's separate mu / log-variance heads), so that an old file is refused by name.
 FORMAT = 2
@@ -51,22 +53,25 @@ def save_kb(
 ) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    blob = save(stored_tensors(kb))
+    fmap = kb.feature_map
+    described = {
+        "format": FORMAT,
+        "fingerprint": fmap.fingerprint,
+        "dataset": fmap.dataset,
+        "periods": periods,
+        "period_names": [fmap.periods[p].name for p in periods],
+        "known_through": kb.known_through,
+        "config": kb.config.model_dump(),
+        "parameters": sum(v.numel() for v in kb.state_dict().values()),
+    }
+    blob = save(stored_tensors(kb), metadata=header_entry({**described, "metrics": metrics}))
     atomic_write_bytes(directory / WEIGHTS, blob)
     digest = hashlib.sha256(blob).hexdigest()
-    fmap = kb.feature_map
     atomic_write_json(
         directory / META,
         {
-            "format": FORMAT,
-            "fingerprint": fmap.fingerprint,
-            "dataset": fmap.dataset,
-            "periods": periods,
-            "period_names": [fmap.periods[p].name for p in periods],
-            "known_through": kb.known_through,
-            "config": kb.config.model_dump(),
-            "parameters": sum(v.numel() for v in kb.state_dict().values()),
-            "bytes": (directory / WEIGHTS).stat().st_size,
+            **described,
+            "bytes": len(blob),
             "weights_sha256": digest,  # written last: vouches for the weights beside it
             "metrics": metrics,
         },
@@ -109,10 +114,18 @@ def load_kb(directory: str | Path, feature_map: FeatureMap) -> tuple[KnowledgeBa
     directory = Path(directory)
     meta = kb_info(directory)
     try:
+        sizes = size_fields({"config": meta["config"]})  # checked before any allocation
+        check_shapes(lambda: build_kb(meta, feature_map), directory / WEIGHTS, sizes)
+    except FinedError as err:
+        raise FinedError(f"{directory / META}: {err}") from None
+    # The weights it vouches for, and it, as they were written together.
+    stored = read_weights(directory / WEIGHTS, meta["weights_sha256"])
+    check_description(meta, directory / META, directory / WEIGHTS, OF_WEIGHTS)
+    try:
         kb = build_kb(meta, feature_map)
     except FinedError as err:
         raise FinedError(f"{directory / META}: {err}") from None
-    state = restored_state(read_weights(directory / WEIGHTS, meta["weights_sha256"]))
+    state = restored_state(stored)
     try:
         kb.load_state_dict(state)
     except RuntimeError as err:

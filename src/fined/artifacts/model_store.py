@@ -13,12 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from fined.artifacts.description import check_description, header_entry
 from fined.artifacts.kb_store import FORMAT as KB_FORMAT
 from fined.artifacts.kb_store import KBShape, build_kb
-from fined.artifacts.weights import load_weights, save_weights, stored_shapes
+from fined.artifacts.weights import (
+    check_shapes,
+    fit_weights,
+    read_weights,
+    save_weights,
+    size_fields,
+)
 from fined.config import parse_model
 from fined.data.feature_map import FeatureMap
 from fined.errors import FinedError
@@ -30,6 +36,7 @@ from fined.models.scoring import ScoringModel
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
+OF_WEIGHTS = ("weights_sha256",)  # keys of model.json about its weights file, not the model
 
 
 class ModelInfo(BaseModel):
@@ -87,42 +94,33 @@ def check_fits_weights(meta: dict[str, Any], feature_map: FeatureMap, weights: P
     """The model a description makes has the shapes of the weights file: checked on the
     meta device (no memory taken), so that an edited size (``embedding_dim: 10**12``) is
     refused by name instead of being allocated."""
-    with torch.device("meta"):
-        described = rebuild_model(meta, feature_map).state_dict()
-    stored = stored_shapes(weights)
-    for name, tensor in described.items():
-        shape = list(tensor.shape)
-        if name not in stored or stored[name] == shape:
-            continue  # a missing tensor is said when the weights are loaded
-        sizes = set(shape) - set(stored[name])  # the sizes the weights do not have
-        fields = [f"{key} = {value}" for key, value in _size_fields(meta) if value in sizes]
-        culprit = f"{fields[0]} makes" if fields else "it makes"
-        raise FinedError(
-            f"{culprit} {name} {shape}, but {weights.name} holds {stored[name]} "
-            "(edited? the description and the weights must be written together)"
-        )
-
-
-def _size_fields(meta: dict[str, Any]) -> list[tuple[str, int]]:
-    """The whole-number settings of a description that size tensors, as (key, value)."""
     sections = {
+        "knowledge_tokens": meta.get("knowledge_tokens"),
         "model_config": meta.get("model_config"),
         "kb.config": (meta.get("kb") or {}).get("config"),
         "adaptor": meta.get("adaptor"),
     }
-    found = [("knowledge_tokens", meta.get("knowledge_tokens"))]
-    for section, doc in sections.items():
-        for key, value in (doc or {}).items() if isinstance(doc, dict) else []:
-            for v in value if isinstance(value, list) else [value]:
-                found.append((f"{section}.{key}", v))
-    return [(k, v) for k, v in found if isinstance(v, int) and not isinstance(v, bool)]
+    check_shapes(lambda: rebuild_model(meta, feature_map), weights, size_fields(sections))
+
+
+def check_periods(meta: dict[str, Any], feature_map: FeatureMap) -> None:
+    """The periods a description names are periods of the data (an edited or foreign
+    ``train_periods`` decides which ids are out-of-vocabulary to the model)."""
+    count = len(feature_map.periods)
+    outside = [p for p in meta.get("train_periods") or [] if not 0 <= p < count]
+    if outside:
+        raise FinedError(
+            f"train_periods names period {outside[0]}, but the data has periods 0..{count - 1} "
+            "(edited? or a model of other data)"
+        )
 
 
 def save_model(run_dir: str | Path, model: ScoringModel[Any], info: dict[str, Any]) -> str:
     """The weights, then their description (last: it vouches for them by their digest);
     returns the digest."""
     run_dir = Path(run_dir)
-    digest = save_weights(run_dir / WEIGHTS, model)
+    described = {**describe_model(model), **info}
+    digest = save_weights(run_dir / WEIGHTS, model, header_entry(described, OF_WEIGHTS))
     atomic_write_json(run_dir / META, {**describe_model(model), "weights_sha256": digest, **info})
     return digest
 
@@ -152,11 +150,19 @@ def load_model(
             f"{run_dir}: trained on data with feature-map fingerprint {meta.get('fingerprint')}, "
             f"but this dataset has {feature_map.fingerprint} (prepare the same data, or retrain)"
         )
+    weights = run_dir / WEIGHTS
+    try:  # what the data and the weights' header can check, before any allocation
+        check_periods(meta, feature_map)
+        check_fits_weights(meta, feature_map, weights)
+    except FinedError as err:
+        raise FinedError(f"{run_dir / META}: {err}") from None
+    # The weights it vouches for, and it, as they were written together.
+    state = read_weights(weights, meta["weights_sha256"])
+    check_description(meta, run_dir / META, weights, OF_WEIGHTS)
     try:
-        check_fits_weights(meta, feature_map, run_dir / WEIGHTS)
         model = rebuild_model(meta, feature_map)
     except FinedError as err:
         raise FinedError(f"{run_dir / META}: {err}") from None
-    load_weights(run_dir / WEIGHTS, model, meta["weights_sha256"])
+    fit_weights(weights, model, state)
     model.eval()
     return model, meta

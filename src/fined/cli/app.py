@@ -96,6 +96,8 @@ def launch_workers(nproc: int, out: Path) -> None:
     one error line that says how to resume."""
     import subprocess
 
+    from fined.workers import parent_death_signal
+
     args, skip = [], False
     for a in _ARGV:  # drop --nproc N / --nproc=N
         if skip:
@@ -108,7 +110,9 @@ def launch_workers(nproc: int, out: Path) -> None:
            f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", "fined.cli", *args]  # fmt: skip
     log = out / "workers.log"
     with log.open("wb") as sink:
-        code = subprocess.run(cmd, stderr=sink, check=False).returncode
+        # torchrun stops its workers on SIGTERM: sent when this process ends, even by kill -9
+        done = subprocess.run(cmd, stderr=sink, check=False, preexec_fn=parent_death_signal())
+        code = done.returncode
     if code == 0:
         return
     text = log.read_text(errors="replace")
@@ -135,14 +139,41 @@ def print_error(message: str) -> None:
     err_console.print(Text.assemble(("error:", "bold red"), " ", line), soft_wrap=True)
 
 
+def print_warning(message: str) -> None:
+    """One line ``warning: ...`` on stderr: something asked for that will not happen."""
+    from rich.text import Text
+
+    line = " ".join(message.split())
+    err_console.print(Text.assemble(("warning:", "bold yellow"), " ", line), soft_wrap=True)
+
+
+def run_device(config_device: str, option: str | None, config: Path, cuda_graphs: bool):
+    """Where a ``fined run`` computes: ``--device`` if given, else the config's ``device:``,
+    checked before anything is claimed and refused as what set it; CUDA graphs asked of a
+    device without CUDA are said once (``fined train`` says it of each fit)."""
+    from fined.devices import resolve_device
+
+    if option is not None:
+        device = resolve_device(option)
+    else:
+        device = resolve_device(config_device, f"{config}: device:")
+    if cuda_graphs and device.type != "cuda":
+        print_warning(
+            f"train.cuda_graphs: eager steps (CUDA graphs need a CUDA device, not {device.type})"
+        )
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point, and the one error boundary: whatever a user or their environment can
     cause (a bad option or value, a bad file, permission denied, a full disk) ends in one
     line ``error: ...`` and exit code 2; anything else is a bug and keeps its traceback."""
     from fined.io import describe_os_error
+    from fined.limits import fit_to_address_space
 
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
+        fit_to_address_space()  # before any library with a thread pool loads
         done = app(args=argv, prog_name="fined", standalone_mode=False)
         return done if isinstance(done, int) else 0  # --help and Ctrl-C return their codes
     except FinedError as err:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fined.cli.app import RUN_DEVICE_HELP, app, console, err_console, parse_pairs
+from fined.cli.app import RUN_DEVICE_HELP, app, console, err_console, parse_pairs, run_device
 from fined.errors import FinedError
 
 
@@ -98,6 +98,7 @@ def run(
     if jobs < 1:
         raise FinedError(f"--jobs {jobs}: expected at least 1")
     cfg = load_run_config(config, quick=quick, sets=parse_pairs(set_, "--set"))
+    run_device(cfg.device, device, config, cfg.train.cuda_graphs)
     if device is not None:
         cfg = cfg.model_copy(update={"device": device})
     root = out or Path("runs") / (cfg.name + ("-quick" if quick else ""))

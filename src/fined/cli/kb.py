@@ -129,7 +129,7 @@ def inspect(
 ) -> None:
     """The field patterns each slot picks, their order, the L0, the MI between slots."""
     from fined.data.loader import PeriodStore
-    from fined.outputs import check_output_file
+    from fined.outputs import check_output_file, record_written
 
     if plot is not None:
         check_output_file(plot, overwrite, "--plot")
@@ -185,4 +185,5 @@ def inspect(
             f", seed {seed}" if seed is not None else ""
         )
         gate_heatmap(ins, plot, title, planted)
+        record_written(plot)
         console.print(f"wrote {plot}")

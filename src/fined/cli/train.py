@@ -198,7 +198,7 @@ def predict(
     """Click probabilities for every row of some periods, or of a file of raw rows, to CSV or
     Parquet; --columns passes raw ids or columns (and "row", the row's place in its period
     or file) through, to join back."""
-    from fined.outputs import check_output_file
+    from fined.outputs import check_output_file, record_written
     from fined.train.predict import (
         check_score_path,
         load_saved,
@@ -220,6 +220,7 @@ def predict(
         chosen = parse_periods(periods, saved.store.feature_map)
         scores = predict(saved, chosen, passed, device)
     write_scores(scores, out)
+    record_written(out)  # ours to replace next time, as long as nobody changes it
     console.print(f"wrote {scores.num_rows:,} scores to {out}")
 
 
@@ -246,7 +247,7 @@ def export(
     in): encoded id/float/sequence tensors in, click probabilities out, no fined needed."""
     from fined.artifacts.export import FORMATS, OLD_FORMAT, export_model
     from fined.io import read_json
-    from fined.outputs import check_output_file
+    from fined.outputs import check_output_file, record_written
     from fined.train.predict import load_saved
 
     if format not in FORMATS:
@@ -259,6 +260,7 @@ def export(
     saved = load_saved(run, data)
     about = {"run": str(run), "data": str(data)}
     sidecar = export_model(saved.model, saved.known_through, out, format, about)  # type: ignore[arg-type]
+    record_written(out)
     names = ", ".join(spec["name"] for spec in sidecar["inputs"])
     old = (
         "; the old format, deprecated by PyTorch: pt2 is the default"

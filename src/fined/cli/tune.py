@@ -8,7 +8,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fined.cli.app import DEVICE_HELP, RUN_DEVICE_HELP, app, console, load_settings, parse_pairs
+from fined.cli.app import (
+    DEVICE_HELP,
+    RUN_DEVICE_HELP,
+    app,
+    console,
+    load_settings,
+    parse_pairs,
+    run_device,
+)
 from fined.errors import FinedError
 
 tune_app = typer.Typer(no_args_is_help=True, help="Search settings, choosing on validation only.")
@@ -27,9 +35,11 @@ def _sampler(name: str) -> str:
 
 
 def _check_space(objective: Any, dims: list, space: Path) -> None:
-    """Every value the space file gives a key, each on the base settings, is checked before
-    the search claims --out: a misspelt key or a bad value names the file and the key, and
-    leaves nothing that blocks the corrected rerun."""
+    """The job's inputs (its data, a KB: digests and sizes; a run's steps) and every value
+    the space file gives a key, each on the base settings, are checked before the search
+    claims --out: a misspelt key, a bad value or a tampered file is named, and nothing is
+    left that blocks the corrected rerun."""
+    objective.check_inputs()
     objective.check({}, "the base settings (--config, --set)")
     for dim in dims:
         for value in dim.grid():
@@ -37,17 +47,19 @@ def _check_space(objective: Any, dims: list, space: Path) -> None:
 
 
 def _table(title: str, trials, keys: list[str], best: int) -> Table:
+    from fined.tune.search import _cell, metric_names
+
     table = Table(title=title)
-    metrics = [k for k in (trials[0].metrics or {}) if k != "objective"]
+    metrics = metric_names(trials)
     for col in ["trial", *keys, *metrics, "s"]:
         table.add_column(col, justify="left" if col in keys else "right")
-    from fined.tune.search import _cell
-
     for t in trials:
         mark = " *" if t.number == best else ""
-        table.add_row(f"{t.number}{mark}", *(_cell(t.settings[k]) for k in keys),
-                      *(f"{t.metrics[k]:.4f}" for k in metrics), f"{t.seconds:.0f}")  # fmt: skip
-    table.caption = "*: the trial chosen (on validation)"
+        shown = ([f"{t.metrics[k]:.4f}" for k in metrics] if t.metrics is not None
+                 else ["failed"] * len(metrics))  # fmt: skip
+        table.add_row(f"{t.number}{mark}", *(_cell(t.settings[k]) for k in keys), *shown,
+                      f"{t.seconds:.0f}")  # fmt: skip
+    table.caption = "*: the trial chosen (on validation); failed: its training diverged"
     return table
 
 
@@ -136,8 +148,9 @@ def tune_run(
     device: Annotated[str | None, typer.Option(help=RUN_DEVICE_HELP)] = None,
 ) -> None:
     """Search a strategy's settings (strategy.KEY keys) or the run's (train.lr, ...):
-    each trial runs the protocol with that strategy alone, judged by its held-out AUC over
-    every period trained on (validation only). best.yaml is the run config to run."""
+    each trial runs the protocol with that strategy alone, judged by its forward AUC (how
+    each of its models of t-1 scores P_t, over every step but the first; the last period
+    plays no part). best.yaml is the run config to run."""
     import yaml
 
     from fined.config import parse_model
@@ -150,7 +163,8 @@ def tune_run(
     dims = load_space(space)
     sets = parse_pairs(set_, "--set")
     objective = RunObjective(str(config), strategy, quick, sets, device)
-    parse_model(RunConfig, objective.document({}), str(config))  # the base must validate now
+    base = parse_model(RunConfig, objective.document({}), str(config))  # must validate now
+    run_device(base.device, device, config, base.train.cuda_graphs)
     _check_space(objective, dims, space)
     describe = {"config": str(config), "strategy": strategy, "quick": quick, "sets": sets}
     search = Search(out, objective, dims, _sampler(sampler), trials, seed, jobs, describe,  # type: ignore[arg-type]

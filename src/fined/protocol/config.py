@@ -41,6 +41,10 @@ from fined.protocol.strategies import StrategySpec, parse_strategy
 from fined.train.config import KBTrainConfig, TrainConfig
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # names that are safe as one path component
+# Joins a strategy's label and its fallback's kind in the label of a fallback chain of its
+# own (``fined@incremental``): a character NAME refuses, so that no label a user gives can
+# name (and so stand in for) a chain the run adds.
+FALLBACK_JOIN = "@"
 
 
 class DataSpec(StrictModel):
@@ -135,6 +139,8 @@ class RunConfig(StrictModel):
                     f"{spec.label!r} is not a name: use letters, digits and _ - . + (starting "
                     "with a letter or digit), not a path",
                 )
+            if spec.fallback is not None:
+                _check_fallback(spec, spec.fallback, i)
         return strategies
 
     @model_validator(mode="after")
@@ -145,41 +151,21 @@ class RunConfig(StrictModel):
             raise ValueError(f"strategy labels must be unique, repeated: {dupes}")
         if self.baseline not in labels:
             raise ValueError(f"baseline {self.baseline!r} is not one of the strategies {labels}")
-        for spec in self.strategies:
-            if spec.fallback is not None and self._default(spec.fallback).fallback is not None:
-                raise ValueError(
-                    f"strategy {spec.label!r}: its fallback {spec.fallback!r} has a fallback "
-                    "of its own; a fallback must be a strategy that stands alone"
-                )
         return self
-
-    @staticmethod
-    def _default(kind: str, warm_start: bool | None = None) -> StrategySpec:
-        """The spec of ``kind`` with its default settings."""
-        try:
-            return parse_strategy({"kind": kind, "warm_start": warm_start})
-        except FinedError as err:
-            raise ValueError(f"fallback: {err}") from None
 
     def fallback_of(self, spec: StrategySpec) -> StrategySpec | None:
         """The chain deployed instead of ``spec``'s where it looks forward better: its
         fallback kind with default settings, warm-started as ``spec`` is (so that in the
         paper's protocol the fallback is the base model from scratch too). The run's own
         strategy with those settings when it has one (its cells serve both), else a chain
-        of its own, labelled ``LABEL.KIND``."""
+        of its own, labelled ``LABEL@KIND``."""
         if spec.fallback is None:
             return None
-        default = self._default(spec.fallback)
-        same = {"label", "family", "warm_start"}
+        own = _fallback_chain(spec, spec.fallback)
         for other in self.strategies:
-            if other.warm == spec.warm and other.model_dump(exclude=same) == default.model_dump(
-                exclude=same
-            ):
+            if other.fallback is None and _trains_alike(other, own):
                 return other
-        warm = None if default.warm == spec.warm else spec.warm
-        return self._default(spec.fallback, warm).model_copy(
-            update={"label": f"{spec.label}.{spec.fallback}"}
-        )
+        return own
 
     def chains(self) -> list[StrategySpec]:
         """Every chain the run trains: its strategies, and the fallbacks they bring."""
@@ -207,6 +193,45 @@ class RunConfig(StrictModel):
         """The run's KB settings with the strategy's own on top."""
         own = spec.kb_overrides()
         return resolve(KBConfig, self.kb.model_dump(), own, where=f"strategies.{spec.label}.kb")
+
+
+def _default(kind: str, warm_start: bool | None = None) -> StrategySpec:
+    """The spec of ``kind`` with its default settings."""
+    return parse_strategy({"kind": kind, "warm_start": warm_start})
+
+
+def _fallback_chain(spec: StrategySpec, kind: str) -> StrategySpec:
+    """The fallback ``kind`` of ``spec`` as a chain of its own: the kind's default settings,
+    warm-started as ``spec`` is, labelled ``LABEL@KIND``."""
+    default = _default(kind)
+    warm = None if default.warm == spec.warm else spec.warm
+    return _default(kind, warm).model_copy(update={"label": f"{spec.label}{FALLBACK_JOIN}{kind}"})
+
+
+def _check_fallback(spec: StrategySpec, kind: str, i: int) -> None:
+    """A fallback must be a strategy of its own: a known kind, standing alone, and not the
+    strategy itself (which would train a copy of its chain and always tie with it)."""
+    key = f"{i}.fallback"
+    try:
+        own = _fallback_chain(spec, kind)
+    except FinedError as err:
+        raise key_error(key, str(err)) from None
+    if own.fallback is not None:
+        raise key_error(key, f"{kind!r} has a fallback of its own; a fallback must stand alone")
+    if _trains_alike(spec, own):
+        raise key_error(
+            key,
+            f"{kind!r} is the strategy itself (same kind, settings and warm start): it would "
+            "train a copy of its own chain and always tie with it; drop `fallback` or name "
+            "another kind",
+        )
+
+
+def _trains_alike(a: StrategySpec, b: StrategySpec) -> bool:
+    """Whether two strategies train the same chain: the same kind and settings and the same
+    warm start, whatever they are called or fall back to."""
+    names = {"label", "family", "warm_start", "fallback"}
+    return a.warm == b.warm and a.model_dump(exclude=names) == b.model_dump(exclude=names)
 
 
 def load_run_config(

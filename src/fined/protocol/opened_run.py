@@ -25,6 +25,7 @@ from fined.protocol.progress import RunProgress
 from fined.protocol.run_directory import RunDirectory
 from fined.protocol.strategies import StrategyContext, StrategySpec
 from fined.train.kb_builder import check_l0_ramp
+from fined.train.metrics import test_period_refused, too_few_to_rank
 
 # Part of a run's identity, beside its config: cells and cached KBs of an older layout cannot
 # be resumed (model_format 2: FINED models with the adaptor's opening; earlier cells do not
@@ -85,7 +86,7 @@ def open_run(config: RunConfig, directory: RunDirectory, progress: RunProgress) 
         "kb_format": FORMAT,
         "model_format": MODEL_FORMAT,
     }
-    device = resolve_device(c.device)
+    device = resolve_device(c.device, "device:")  # a --device given was put there
     stored = directory.check_config(resolved)
     store = _store(c, directory, progress)
     data = ProtocolData(store)
@@ -97,15 +98,10 @@ def open_run(config: RunConfig, directory: RunDirectory, progress: RunProgress) 
             f"{stored.get('data_fingerprint')}, now {fmap.data_fingerprint}); restore it, "
             "or --restart to discard the run"
         )
-    last = fmap.period_index(c.last_period) if c.last_period is not None else len(fmap.periods) - 1
     s = c.kb_periods
-    if s + 1 > last:
-        raise FinedError(
-            f"kb_periods={s} leaves no period to train and test on: the data has "
-            f"periods 0..{last} in use (need at least kb_periods + 2)"
-        )
-    steps = tuple(range(s, last))  # trained at t, tested on t + 1
+    steps = run_steps(c, fmap)
     _check_against_data(c, fmap, s)
+    _check_test_periods(fmap, steps)
     default_kb_bytes = kb_bytes(KnowledgeBase(fmap, c.kb, s - 1))
     kbs = KBCache(
         directory,
@@ -142,6 +138,34 @@ def open_run(config: RunConfig, directory: RunDirectory, progress: RunProgress) 
     if stored is None:
         directory.write_config(resolved)
     return run
+
+
+def run_steps(config: RunConfig, fmap: FeatureMap) -> tuple[int, ...]:
+    """The periods a run of ``config`` trains on, one after the other (each tested on the
+    next): kb_periods .. the period before the last in use."""
+    last = (
+        fmap.period_index(config.last_period)
+        if config.last_period is not None
+        else len(fmap.periods) - 1
+    )
+    s = config.kb_periods
+    if s + 1 > last:
+        raise FinedError(
+            f"kb_periods={s} leaves no period to train and test on: the data has "
+            f"periods 0..{last} in use (need at least kb_periods + 2)"
+        )
+    return tuple(range(s, last))
+
+
+def _check_test_periods(fmap: FeatureMap, steps: tuple[int, ...]) -> None:
+    """Every test period can rank: a test AUC from fewer rows of a class than
+    ``MIN_CLASS_ROWS`` would be noise averaged into the run's figures (a 2-row period gave
+    0.0000). Refused before anything is trained."""
+    for t in steps:
+        period = fmap.periods[t + 1]
+        said = too_few_to_rank(period.positives, period.rows - period.positives)
+        if said is not None:
+            raise FinedError(test_period_refused(period.name, said))
 
 
 def _base_model(config: RunConfig, fmap: FeatureMap, model: str, tokens: int) -> CTRModel:

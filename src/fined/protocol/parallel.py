@@ -4,7 +4,8 @@ Chains of different seeds or models share nothing but the prepared data (read on
 knowledge bases (built once per variant and seed, under a file lock), and every cell's seed
 is derived from (seed, period): a cell computes the same numbers in a worker as in a single
 process with the same number of threads. The workers split the machine's threads between
-them; the parent relays their progress and re-raises the first error. What they leave is an
+them; the parent relays their progress and re-raises the first error. They die with the
+parent and hold the run directory while they live (``fined.workers``). What they leave is an
 ordinary run directory, which the parent then reads as a resumed run would.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import queue
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 from fined.errors import FinedError
 from fined.io import CAN_LOCK
 from fined.protocol.progress import Report, RunProgress
+from fined.workers import worker_pool
 
 Worker = Callable[[Any, Path, int, str, Report], None]
 
@@ -43,12 +45,12 @@ def run_in_workers(
     if not CAN_LOCK:
         raise FinedError("--jobs above 1 needs POSIX file locks (Linux, macOS); use --jobs 1")
     threads = max(1, torch.get_num_threads() // jobs)
-    # Spawned, not forked: a forked copy of a process with PyTorch's thread pools can hang.
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        messages = manager.Queue()
+    # A plain queue handed to each worker as it starts (a manager's queue would be one more
+    # process, which outlived a parent killed with kill -9).
+    messages = multiprocessing.get_context("spawn").Queue()
+    with worker_pool(jobs, root, _receive, (messages, threads)) as pool:
         pending: set[Future] = {
-            pool.submit(_in_worker, worker, config, root, seed, model, threads, messages, i)
+            pool.submit(_in_worker, worker, config, root, seed, model, i)
             for i, (seed, model) in enumerate(groups)
         }
         seen: dict[int, int] = {}
@@ -76,17 +78,18 @@ def _relay(progress: RunProgress, messages: Any, seen: dict[int, int]) -> None:
         seen[worker] = done
 
 
-def _in_worker(
-    worker: Worker,
-    config: Any,
-    root: Path,
-    seed: int,
-    model: str,
-    threads: int,
-    messages: Any,
-    index: int,
-) -> None:
+_MESSAGES: list[Any] = []  # in a worker: the queue its progress goes back on
+
+
+def _receive(messages: Any, threads: int) -> None:
+    """A worker's start: its share of the threads, and the queue to report on."""
     torch.set_num_threads(threads)
+    messages.cancel_join_thread()  # progress is for display: never wait at exit to deliver it
+    _MESSAGES.append(messages)
+
+
+def _in_worker(worker: Worker, config: Any, root: Path, seed: int, model: str, index: int) -> None:
+    messages = _MESSAGES[0]
 
     def report(done: int, total: int, current: str, result: str) -> None:
         messages.put((index, done, current, result))

@@ -34,7 +34,7 @@ from fined.protocol.progress import Report, RunProgress
 from fined.protocol.run_directory import RunDirectory
 from fined.protocol.strategies import StrategySpec, step_seed
 from fined.report.records import CellRecord, RunResult, WarmupRecord
-from fined.train.metrics import one_class
+from fined.train.metrics import test_period_refused, too_few_to_rank
 from fined.train.trainer import Trainer, seed_everything
 
 if TYPE_CHECKING:
@@ -65,13 +65,11 @@ class Runner:
         """Test metrics on P_{t+1} and the AUC on the held-out slice of every P_i, i <= t."""
         trainer = Trainer(net, self.config.train_config(progress=False), device=run.device)
         rows = run.data.test(t + 1, t)
-        undefined = one_class(rows.label)
-        if undefined is not None:
+        clicks = int(rows.label.sum())
+        undefined = too_few_to_rank(clicks, len(rows) - clicks)
+        if undefined is not None:  # checked when the run opened: this holds the rows read
             name = run.data.feature_map.periods[t + 1].name
-            raise FinedError(
-                f"period {name}: its rows are {undefined}: the test AUC is not defined there; "
-                "end the run before it (periods.end) or merge it"
-            )
+            raise FinedError(test_period_refused(name, undefined))
         test = trainer.evaluate(rows)
         forgetting = {
             str(i): trainer.evaluate(run.data.holdout([i], t))["auc"] for i in range(t + 1)
@@ -95,8 +93,8 @@ class Runner:
             fit = trainer.fit(
                 run.data.train(past, t), run.data.holdout(past, t), cell / "train", resume=True
             )
-        except FinedError as err:  # said of the cell it happened in
-            raise FinedError(f"{label}: {err}") from None
+        except FinedError as err:  # said of the cell it happened in, as the same kind
+            raise type(err)(f"{label}: {err}") from None
         test, forgetting = self._evaluate(run, net, t)
         weights = self.directory.save_model(cell, net, {"train_periods": past})
         record = WarmupRecord(
@@ -159,8 +157,8 @@ class Runner:
                 fit = Trainer(strategy.trainable(net), config, device=run.device).fit(
                     rows, run.data.holdout([t], t), cell / "train", resume=True
                 )
-            except FinedError as err:  # said of the cell it happened in
-                raise FinedError(f"{label}: {err}") from None
+            except FinedError as err:  # said of the cell it happened in, as the same kind
+                raise type(err)(f"{label}: {err}") from None
             net.eval()
             test, forgetting = self._evaluate(run, net, t)
             kept = strategy.bytes_kept(net, t)

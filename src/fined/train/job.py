@@ -32,9 +32,10 @@ from fined.errors import FinedError
 from fined.io import atomic_write_json, read_json
 from fined.knowledge.adaptor import AdaptorConfig
 from fined.knowledge.fined_model import FinedModel
+from fined.knowledge.knowledge_base import KnowledgeBase
 from fined.models.ctr_model import ModelConfig, build_model
 from fined.models.scoring import ScoringModel
-from fined.outputs import owned_directory
+from fined.outputs import hold_as_worker, owned_directory
 from fined.train.config import TrainConfig
 from fined.train.forward_check import ForwardCheck, check_forward, recorded_or_checked
 from fined.train.selection import Split, make_split
@@ -66,15 +67,24 @@ def build_job_model(
         if adaptor:
             raise FinedError("adaptor settings (and --kb-finetune) need a knowledge base (--kb)")
         return build_model(model, store.feature_map, settings)
+    base_kb, _ = load_job_kb(store, kb, last_train_period)
+    layer = adaptor.model_dump() if isinstance(adaptor, StrictModel) else adaptor
+    adaptor_config = resolve(AdaptorConfig, layer, where="adaptor")
+    base = build_model(model, store.feature_map, settings, knowledge_tokens=adaptor_config.tokens)
+    return FinedModel(base, base_kb, adaptor_config)
+
+
+def load_job_kb(
+    store: PeriodStore, kb: str | Path, last_train_period: int
+) -> tuple[KnowledgeBase, dict[str, Any]]:
+    """The KB in ``kb``, checked (digests, sizes) and memorized no later than the last
+    training period."""
     base_kb, meta = load_kb(kb, store.feature_map)
     if max(meta["periods"]) > last_train_period:
         raise FinedError(
             f"{kb} memorized periods up to {max(meta['periods'])}, after the training periods"
         )
-    layer = adaptor.model_dump() if isinstance(adaptor, StrictModel) else adaptor
-    adaptor_config = resolve(AdaptorConfig, layer, where="adaptor")
-    base = build_model(model, store.feature_map, settings, knowledge_tokens=adaptor_config.tokens)
-    return FinedModel(base, base_kb, adaptor_config)
+    return base_kb, meta
 
 
 def train_model(
@@ -104,7 +114,10 @@ def train_model(
     job = _Job(data, model, train_periods, out, valid, test, settings, train, kb, adaptor,
                resume, log or (lambda line: None), resolve_device(device),
                forward_check)  # fmt: skip
-    if out is None or distributed.launched():
+    if out is None:
+        return job.run()
+    if distributed.launched():  # a rank, in the directory the launching process holds
+        hold_as_worker(out)
         return job.run()
     with owned_directory(out, COMMAND):
         return job.run()

@@ -39,10 +39,13 @@ def check_l0_ramp(
     steps = max(1, math.ceil(rows / train.batch_size))
     ramp_epochs = math.ceil(config.l0_warmup_steps / steps)
     if ramp_epochs >= train.epochs:
+        # An epoch is selected only once the ramp is over: the ramp's epochs must leave one.
         raise FinedError(
-            f"the L0 penalty ramps up over {config.l0_warmup_steps} steps ({ramp_epochs} "
-            f"epochs of {steps} steps) but training stops after {train.epochs} epochs: "
-            f"raise {keys[0]} or lower {keys[1]}"
+            f"the L0 penalty ramps up over {config.l0_warmup_steps} steps, into epoch "
+            f"{ramp_epochs} of {steps} steps each; the KB is selected from an epoch after the "
+            f"ramp, but training stops after {train.epochs} epochs: raise {keys[0]} to "
+            f"{ramp_epochs + 1} or more, or lower {keys[1]} to "
+            f"{(train.epochs - 1) * steps} or less"
         )
     return ramp_epochs
 

@@ -20,6 +20,31 @@ def one_class(label: torch.Tensor) -> str | None:
     return f"all {classes[0].item():g}" if len(classes) == 1 else None
 
 
+# A test AUC is refused (``fined run``) on fewer rows of either class than this: with 10
+# clicks and 10 non-clicks it ranks 100 pairs, its standard error still ~0.06.
+MIN_CLASS_ROWS = 10
+
+
+def too_few_to_rank(clicks: int, others: int) -> str | None:
+    """Why rows with this many clicks and non-clicks cannot rank a model (one class, or fewer
+    than ``MIN_CLASS_ROWS`` of a class), or None."""
+    if clicks + others == 0:
+        return "no rows"
+    if min(clicks, others) < MIN_CLASS_ROWS:
+        return (f"{clicks + others} rows, {clicks} of them clicks: fewer than {MIN_CLASS_ROWS} "
+                "of each class, too few to rank")  # fmt: skip
+    return None
+
+
+def test_period_refused(name: str, why: str) -> str:
+    """The message that refuses a test period."""
+    return (
+        f"period {name}: its rows are {why}: its test AUC would be noise averaged into the "
+        "run's figures; end the run before it (last_period, periods.end) or merge it with "
+        "its neighbour"
+    )
+
+
 def auc(label: np.ndarray, score: np.ndarray) -> float:
     """Exact ROC AUC over the whole set (scikit-learn); NaN when only one class is present."""
     if len(np.unique(label)) < 2:

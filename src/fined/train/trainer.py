@@ -34,7 +34,7 @@ from fined import distributed
 from fined.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from fined.data.batch import Batch, RowKnowledge
 from fined.devices import resolve_precision
-from fined.errors import FinedError
+from fined.errors import FinedError, TrainingDiverged
 from fined.models.frozen import frozen_tensors
 from fined.models.trainable import Trainable
 from fined.train.config import TrainConfig
@@ -167,6 +167,13 @@ class Trainer:
     def evaluate(self, data: Batch) -> dict[str, float]:
         """Metrics of ``data``; with several ranks, of every rank's share together."""
         prob = torch.from_numpy(self.predict(data))
+        broken = int((~torch.isfinite(prob)).sum())
+        if broken:  # weights still finite, but too large to compute with (inf - inf in a layer)
+            raise TrainingDiverged(
+                f"training diverged: the model's scores were not finite on {broken:,} of "
+                f"{len(prob):,} rows (train.lr {self.config.lr:g}; a lower rate, or "
+                "train.grad_clip, may hold it)"
+            )
         label, group = data.label, data.group
         if self.dist.active:  # every rank scores its share; the metrics need them all
             prob, label = distributed.gather(prob), distributed.gather(label)
@@ -343,7 +350,7 @@ class Trainer:
         if bad >= 0 or not finite:
             where = (f"the loss was not finite at step {bad + 1} of epoch {epoch}" if bad >= 0
                      else f"the weights were not finite after epoch {epoch}")  # fmt: skip
-            raise FinedError(
+            raise TrainingDiverged(
                 f"training diverged: {where} (train.lr {self.config.lr:g}; a lower rate, or "
                 "train.grad_clip, may hold it); the last finished epoch's checkpoint is kept"
             )

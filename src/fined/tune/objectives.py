@@ -22,6 +22,11 @@ from typing import Any
 from fined.config import load_yaml, merge, nested
 from fined.errors import FinedError
 
+ONE_STEP = (
+    "one step (kb_periods to the last period) leaves no forward AUC to tune on: a trial is "
+    "judged by how its models of t-1 score P_t, which needs at least two steps"
+)
+
 
 @dataclass
 class TrainObjective:
@@ -41,6 +46,18 @@ class TrainObjective:
         own = {k: v for k, v in trial.items() if not k.startswith("train.")}
         trainer = {k.removeprefix("train."): v for k, v in trial.items() if k.startswith("train.")}
         return {**self.settings, **own}, {**self.train, **trainer, "progress": False}
+
+    def check_inputs(self) -> None:
+        """The data, the training periods and the KB (its digests, sizes and periods), read
+        before the search writes anything."""
+        from fined.data.loader import PeriodStore
+        from fined.train.job import load_job_kb
+        from fined.train.selection import parse_periods
+
+        store = PeriodStore(self.data)
+        periods = parse_periods(self.train_periods, store.feature_map)
+        if self.kb is not None:
+            load_job_kb(store, self.kb, max(periods))
 
     def check(self, trial: dict[str, Any], where: str) -> None:
         """Validate a trial's settings without training: a misspelt key or a bad value fails
@@ -106,13 +123,29 @@ class RunObjective:
         doc.pop("quick", None)
         return doc
 
-    def check(self, trial: dict[str, Any], where: str) -> None:
-        """Validate a trial's run config without running it: a misspelt key or a bad value
-        fails before the search writes anything."""
-        from fined.config import parse_model
-        from fined.protocol.config import RunConfig
+    def check_inputs(self) -> None:
+        """What the base run config implies, checked against its data (when it names a
+        prepared directory: a prepare job's periods are known only once it has run)."""
+        self.check({}, str(self.config))
 
-        parse_model(RunConfig, self.document(trial), where)
+    def check(self, trial: dict[str, Any], where: str) -> None:
+        """Validate a trial's run config without running it: a misspelt key, a bad value, or
+        (on prepared data) periods that leave fewer than two steps fail before the search
+        writes anything."""
+        from fined.config import parse_model
+        from fined.data.feature_map import FeatureMap
+        from fined.protocol.config import RunConfig
+        from fined.protocol.opened_run import run_steps
+
+        config = parse_model(RunConfig, self.document(trial), where)
+        if config.data.prepared is None:
+            return
+        try:
+            steps = run_steps(config, FeatureMap.load(config.data.prepared))
+        except FinedError as err:
+            raise FinedError(f"{where}: {err}") from None
+        if len(steps) < 2:
+            raise FinedError(f"{where}: {ONE_STEP}")
 
     def __call__(self, trial: dict[str, Any], directory: Path) -> dict[str, float]:
         import polars as pl
@@ -128,12 +161,8 @@ class RunObjective:
         row = summary.filter(pl.col("strategy") == self.strategy)
         held_out = float(row.select(pl.col("held_out_auc_mean").mean()).item())
         forward = float(row.select(pl.col("forward_auc_mean").mean()).item())
-        if math.isnan(forward):
-            raise FinedError(
-                f"{self.config}: one step (kb_periods to the last period) leaves no forward "
-                "AUC to tune on: a trial is judged by how its models of t-1 score P_t, which "
-                "needs at least two steps"
-            )
+        if math.isnan(forward):  # a prepare job's periods: known only once it has run
+            raise FinedError(f"{self.config}: {ONE_STEP}")
         return {"held_out_auc": held_out, "forward_auc": forward, "objective": forward}
 
 

@@ -6,7 +6,10 @@ before it runs, then its validation figures) beside ``trials/NNN/`` (its trainin
 directory), ``trials.csv`` and ``best.yaml``. A killed search, started again, keeps its
 finished trials, resumes the one cut short from its checkpoints and asks the sampler for
 the rest; each trial's sampler is seeded by the trial's number and sees the trials finished
-before its round, so the settings asked do not depend on how far a previous process got.
+before its round, so the settings asked do not depend on how far a previous process got. A
+trial whose training diverges is a result, as in Optuna: recorded as failed (``error`` in its
+record, ``state`` and ``error`` in ``trials.csv``), told to the sampler as failed, and the
+search goes on; only a search whose every trial failed ends in an error.
 
 With ``jobs`` > 1 the trials of a round run in worker processes that split the machine's
 threads; a round's trials are asked before any of them runs.
@@ -14,11 +17,10 @@ threads; a round's trials are asked before any of them runs.
 
 from __future__ import annotations
 
-import math
-import multiprocessing
+import csv
+import io
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,10 +28,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from fined.errors import FinedError
+from fined.errors import FinedError, TrainingDiverged
 from fined.io import atomic_write_json, atomic_write_text, read_json
 from fined.outputs import owned_directory
 from fined.tune.space import Dimension, grid
+from fined.workers import worker_pool
 
 COMMAND = "tune"
 Sampler = Literal["grid", "random", "tpe"]
@@ -40,8 +43,13 @@ Objective = Callable[[dict[str, Any], Path], dict[str, float]]
 class Trial:
     number: int
     settings: dict[str, Any]
-    metrics: dict[str, float] | None = None  # None: not finished
+    metrics: dict[str, float] | None = None  # None: not finished, or failed
     seconds: float = 0.0
+    error: str | None = None  # why it failed (its training diverged): a result too
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics is not None or self.error is not None
 
 
 def _distributions(space: list[Dimension]) -> dict[str, Any]:
@@ -89,10 +97,12 @@ def ask(
     )
     study = optuna.create_study(direction="maximize", sampler=chooser)
     dists = _distributions(space)
-    for t in finished:
-        assert t.metrics is not None
+    for t in finished:  # a failed trial is told as one, as Optuna records it
+        value = None if t.metrics is None else t.metrics["objective"]
+        states = optuna.trial.TrialState
+        done = states.FAIL if value is None else states.COMPLETE
         study.add_trial(optuna.trial.create_trial(
-            params=_encode(space, t.settings), distributions=dists, value=t.metrics["objective"],
+            params=_encode(space, t.settings), distributions=dists, value=value, state=done,
         ))  # fmt: skip
     return _decode(space, study.ask(dists).params)
 
@@ -157,7 +167,7 @@ class Search:
             if not path.exists():
                 break
             trial = Trial(**read_json(path, "trial record"))
-            if trial.metrics is None:
+            if not trial.finished:
                 break  # cut short: run again (it resumes from its checkpoints)
             out.append(trial)
         return out
@@ -175,56 +185,79 @@ class Search:
         if len(trials) == 1 or self.jobs == 1:
             return [self._run_one(t) for t in trials]
         threads = max(1, torch.get_num_threads() // len(trials))
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(len(trials), mp_context=context) as pool:
+        with worker_pool(len(trials), self.out) as pool:  # they die with this process
             futures = [
                 pool.submit(_in_worker, self.objective, t.settings, self._dir(t), threads)
                 for t in trials
             ]
             results = [f.result() for f in futures]
-        return [self._record(t, metrics, seconds) for t, (metrics, seconds) in
-                zip(trials, results, strict=True)]  # fmt: skip
+        return [self._record(t, *result) for t, result in zip(trials, results, strict=True)]
 
     def _dir(self, trial: Trial) -> Path:
         return self.out / "trials" / f"{trial.number:03d}"
 
     def _run_one(self, trial: Trial) -> Trial:
         self.log(f"trial {trial.number}: {format_settings(trial.settings)}")
-        metrics, seconds = _timed(self.objective, trial.settings, self._dir(trial))
-        return self._record(trial, metrics, seconds)
+        return self._record(trial, *_timed(self.objective, trial.settings, self._dir(trial)))
 
-    def _record(self, trial: Trial, metrics: dict[str, float], seconds: float) -> Trial:
-        trial.metrics, trial.seconds = metrics, seconds
+    def _record(
+        self, trial: Trial, metrics: dict[str, float] | None, seconds: float, error: str | None
+    ) -> Trial:
+        trial.metrics, trial.seconds, trial.error = metrics, seconds, error
         atomic_write_json(self._path(trial.number), asdict(trial))
+        if metrics is None:
+            self.log(f"trial {trial.number} failed: {error} ({seconds:.0f} s)")
+            return trial
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "objective")
         self.log(f"trial {trial.number} done: {shown} ({seconds:.0f} s)")
         return trial
 
     def _write_table(self, trials: list[Trial]) -> None:
-        """``trials.csv``: a row per trial (settings, validation figures, seconds)."""
+        """``trials.csv``: a row per trial (settings, state, validation figures, seconds,
+        and why it failed); a failed trial's figures are empty."""
         keys = [d.key for d in self.space]
-        metric_keys = [k for k in (trials[0].metrics or {}) if k != "objective"]
-        lines = [",".join(["trial", *keys, *metric_keys, "seconds"])]
+        metric_keys = metric_names(trials)
+        rows = [["trial", *keys, "state", *metric_keys, "seconds", "error"]]
         for t in trials:
             metrics = t.metrics or {}
-            values = [_cell(t.settings[k]) for k in keys]
-            lines.append(",".join([str(t.number), *values,
-                                   *(f"{metrics[k]:.6f}" for k in metric_keys),
-                                   f"{t.seconds:.1f}"]))  # fmt: skip
-        atomic_write_text(self.out / "trials.csv", "\n".join(lines) + "\n")
+            rows.append([str(t.number), *(_text(t.settings[k]) for k in keys),
+                         "failed" if t.metrics is None else "complete",
+                         *(f"{metrics[k]:.6f}" if k in metrics else "" for k in metric_keys),
+                         f"{t.seconds:.1f}", t.error or ""])  # fmt: skip
+        sink = io.StringIO()
+        csv.writer(sink, lineterminator="\n").writerows(rows)
+        atomic_write_text(self.out / "trials.csv", sink.getvalue())
+
+
+def metric_names(trials: list[Trial]) -> list[str]:
+    """The validation figures the trials report (the objective aside)."""
+    done = next((t.metrics for t in trials if t.metrics is not None), {})
+    return [k for k in done if k != "objective"]
 
 
 def best_trial(trials: list[Trial]) -> Trial:
-    """The best validation figure; ties to the earliest trial."""
-    return max(trials, key=lambda t: ((t.metrics or {}).get("objective", -math.inf), -t.number))
+    """The best validation figure of the trials that finished; ties to the earliest trial.
+    Every trial failed: a FinedError saying why the first did."""
+    complete = [t for t in trials if t.metrics is not None]
+    if not complete:
+        first = trials[0]
+        raise FinedError(
+            f"every trial failed ({len(trials)}); trial {first.number} "
+            f"({format_settings(first.settings)}): {first.error}"
+        )
+    return max(complete, key=lambda t: (t.metrics["objective"], -t.number))  # type: ignore[index]
 
 
 def format_settings(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_cell(v)}" for k, v in settings.items())
 
 
+def _text(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _cell(value: Any) -> str:
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    text = _text(value)
     return f'"{text}"' if "," in text else text
 
 
@@ -234,14 +267,23 @@ def json_round_trip(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def _timed(objective: Objective, settings: dict[str, Any], directory: Path) -> tuple[dict, float]:
+def _timed(
+    objective: Objective, settings: dict[str, Any], directory: Path
+) -> tuple[dict[str, float] | None, float, str | None]:
+    """The trial's figures, seconds and, where its training diverged, why (a result of its
+    settings, as Optuna counts a failed trial: the search goes on); any other error ends
+    the search (a bad file or a full disk is not a trial's result)."""
     started = time.perf_counter()
-    metrics = objective(settings, directory)
-    return metrics, time.perf_counter() - started
+    try:
+        metrics: dict[str, float] | None = objective(settings, directory)
+        error = None
+    except TrainingDiverged as err:
+        metrics, error = None, str(err)
+    return metrics, time.perf_counter() - started, error
 
 
 def _in_worker(
     objective: Objective, settings: dict[str, Any], directory: Path, threads: int
-) -> tuple[dict, float]:
+) -> tuple[dict[str, float] | None, float, str | None]:
     torch.set_num_threads(threads)
     return _timed(objective, settings, directory)

@@ -8,8 +8,10 @@ stamp (the most recent ``max_len`` events, oldest first).
 Memory stays bounded although the behaviour log has ~700 M rows and raw_sample ~26 M: on the
 first call to ``batches()`` both are streamed once into ``n_buckets`` Parquet files by a hash
 of the user id, in a work directory the source owns (removed by ``close()`` or when the source
-is garbage-collected). Each bucket (1/N of the users) is then loaded alone and the histories
-are gathered with ``np.searchsorted`` and index arithmetic (``history.events_before``).
+is garbage-collected; one a killed process left is removed by the next source to start:
+``fined.io.spill_directory``). Each bucket (1/N of the users) is then loaded alone and the
+histories are gathered with ``np.searchsorted`` and index arithmetic
+(``history.events_before``).
 Later calls reuse the buckets, so every call yields the same rows in the same order: bucket
 by bucket, within a bucket in raw_sample's file order.
 """
@@ -20,7 +22,6 @@ import csv
 import math
 import re
 import shutil
-import tempfile
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,7 @@ from fined.data.datasets.history import SortedEvents
 from fined.data.datasets.source import BaseSource
 from fined.data.schema import FeatureSpec, PeriodSpec, PrepareConfig, check_features
 from fined.errors import FinedError
+from fined.io import spill_directory
 
 BTAGS = ("pv", "cart", "fav", "buy")
 PROFILE = (
@@ -237,7 +239,7 @@ class TaobaoAdRawSource(BaseSource):
         opts = self.options
         size = sum((opts.path / f).stat().st_size for f in ("raw_sample.csv", "behavior_log.csv"))
         n = opts.n_buckets or max(1, math.ceil(size / (opts.bucket_mb << 20)))
-        work = Path(tempfile.mkdtemp(prefix="fined-taobao-", dir=opts.work_dir))
+        work = spill_directory("fined-taobao", opts.work_dir)  # a killed one's: swept
         self._cleanup = weakref.finalize(self, shutil.rmtree, work, ignore_errors=True)
         try:
             users = self._split_samples(work, n)
