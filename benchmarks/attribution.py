@@ -2,7 +2,8 @@
 and its distillation from its model of t-1, each alone and together, in both protocols.
 
     python benchmarks/attribution.py [--logs movielens,synthetic_drift,new_users]
-                                     [--protocols warm,paper] [--seeds 1,2,3] [--out DIR]
+                                     [--protocols warm,paper] [--seeds 1,2,3] [--rows N]
+                                     [--out DIR]
 
 Every setting is a ``fined run`` (DeepFM, the given seeds) of these strategies:
 
@@ -67,6 +68,14 @@ def run(name: str, log: dict[str, Any], protocol: str, args: Any) -> Path:
     doc = {"name": name, "models": ["deepfm"], "seeds": args.seeds, "baseline": baseline,
            "strategies": strategies, "model_settings": {"deepfm": {"mlp": [256, 128]}},
            **log}  # fmt: skip
+    options = doc["data"]["prepare"].get("options")
+    if args.rows and options is not None:  # a synthetic log, smaller; its L0 ramp with it
+        from fined.knowledge.knowledge_base import KBConfig
+
+        doc["data"] = {"prepare": {**doc["data"]["prepare"],
+                                   "options": {**options, "n_rows": args.rows}}}  # fmt: skip
+        ramp = KBConfig.model_fields["l0_warmup_steps"].default
+        doc["kb"] = {"l0_warmup_steps": ramp * args.rows // options["n_rows"]}
     root = args.out / "runs" / name
     Runner(parse_model(RunConfig, doc, name), root).run()
     return root
@@ -115,6 +124,7 @@ def main() -> None:
     parser.add_argument("--logs", default="movielens,synthetic_drift,new_users")
     parser.add_argument("--protocols", default="warm,paper")
     parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--rows", type=int, default=0, help="the synthetic logs' rows (0: theirs)")
     parser.add_argument("--out", type=Path, default=Path("runs/attribution"))
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
@@ -150,16 +160,20 @@ def main() -> None:
                     print(f"    {r['strategy']:12s} {r['period']:>12s}  {r['token_share']:.3f}"
                           f" | {r['kb_earned']:.2f} | {r['slots_earned']:.2f}")  # fmt: skip
                 shipped = frame.filter(pl.col("strategy") == frame["strategy"][-1])
-                grid = shipped.group_by("period", "slot").agg(
-                    pl.col("slot_auc").mean(), pl.col("slot_earned").mean()
-                ).sort("slot", "period")
+                grid = (
+                    shipped.group_by("period", "slot")
+                    .agg(pl.col("slot_auc").mean(), pl.col("slot_earned").mean())
+                    .sort("slot", "period")
+                )
                 periods = sorted(set(grid["period"].to_list()))
                 print(f"  per slot ({shipped['strategy'][0]}): AUC of its own score on P_t's "
                       "held-out rows / slot_earned, by period")  # fmt: skip
                 for k in sorted(set(grid["slot"].to_list())):
                     cells = grid.filter(pl.col("slot") == k)
-                    line = "  ".join(f"{a:.3f}/{e:.2f}" for a, e in
-                                     zip(cells["slot_auc"], cells["slot_earned"], strict=True))
+                    line = "  ".join(
+                        f"{a:.3f}/{e:.2f}"
+                        for a, e in zip(cells["slot_auc"], cells["slot_earned"], strict=True)
+                    )
                     print(f"    slot {k:2d}: {line}")  # fmt: skip
                 print(f"    periods: {', '.join(periods)}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """``fined train --kb`` against its base model at every budget of passes and KB quality.
 
-    python benchmarks/job_safety.py [--seeds 1,2] [--out DIR]
+    python benchmarks/job_safety.py [--seeds 1,2] [--rows 200000] [--out DIR]
 
 The synthetic recurring log (200,000 rows, 6 daily periods; two of the four planted patterns
 off in periods 2-3, back in 4-5). A KB of periods 0-1 trained exactly 1 or 3 epochs; jobs
@@ -23,6 +23,7 @@ BAR = -0.002
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2")
+    parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--out", type=Path, default=Path("runs/job_safety"))
     args = parser.parse_args()
     import polars as pl
@@ -37,7 +38,7 @@ def main() -> None:
 
     data = args.out / "data"
     if not (data / "feature_map.json").is_file():
-        options = {"n_rows": 200_000, "n_periods": 6, "seed": 0}
+        options = {"n_rows": args.rows, "n_periods": 6, "seed": 0}
         prepare(PrepareConfig(dataset="synthetic", options=options), data)
     store = PeriodStore(data)
     sizes = {"embedding_dim": 16, "mlp": [128, 64]}

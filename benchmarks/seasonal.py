@@ -2,7 +2,7 @@
 weekly cycle. FINED against incremental, kd and replay at equal bytes.
 
     python benchmarks/seasonal.py [--logs seasons,weeks] [--models deepfm,dcn]
-                                  [--seeds 1,2,3] [--out DIR]
+                                  [--seeds 1,2,3] [--scale 1.0] [--out DIR]
 
 Two synthetic logs (``fined.data.datasets.synthetic``; four planted patterns, two of them
 recurring, the other two always on):
@@ -51,7 +51,16 @@ def run(log: str, args: Any) -> Path:
     sizes = {"embedding_dim": 16, "mlp": [128, 64]}
     doc = {
         "name": f"seasonal_{log}",
-        "data": {"prepare": {"dataset": "synthetic", "options": {"seed": 0, **spec["options"]}}},
+        "data": {
+            "prepare": {
+                "dataset": "synthetic",
+                "options": {
+                    "seed": 0,
+                    **spec["options"],
+                    "n_rows": int(spec["options"]["n_rows"] * args.scale),
+                },
+            }
+        },
         "kb_periods": spec["kb_periods"],
         "models": args.models,
         "model_settings": {m: sizes for m in args.models},
@@ -59,6 +68,11 @@ def run(log: str, args: Any) -> Path:
         "strategies": STRATEGIES,
         "train": {"batch_size": 1024, "lr": 0.003, "epochs": 10, "patience": 2},
     }
+    if args.scale != 1.0:  # the L0 ramp shrinks with the rows: it ends as far into the build
+        from fined.knowledge.knowledge_base import KBConfig
+
+        ramp = KBConfig.model_fields["l0_warmup_steps"].default
+        doc["kb"] = {"l0_warmup_steps": int(ramp * args.scale)}
     root = args.out / "runs" / log
     Runner(parse_model(RunConfig, doc, log), root).run()
     return root
@@ -98,6 +112,7 @@ def main() -> None:
     parser.add_argument("--logs", default="seasons,weeks")
     parser.add_argument("--models", default="deepfm,dcn")
     parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--scale", type=float, default=1.0, help="a share of each log's rows")
     parser.add_argument("--out", type=Path, default=Path("runs/seasonal"))
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]

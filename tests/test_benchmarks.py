@@ -34,6 +34,15 @@ RUNS = {
         ],
         "a FINED-DeepFM step costs",
     ),
+    "attribution": (
+        ["--logs", "synthetic_drift", "--protocols", "paper", "--seeds", "1", "--rows", "8000"],
+        "synthetic_drift_paper",
+    ),
+    "seasonal": (
+        ["--logs", "seasons", "--models", "deepfm", "--seeds", "1", "--scale", "0.05"],
+        "fined - replay",
+    ),
+    "job_safety": (["--seeds", "1", "--rows", "12000"], "cells meet the bar"),
     "robustness": (["--seeds", "1", "--only", "kb_random", "--out", "rb"], "kb_random"),
     "scaling": (
         ["--rows", "20000", "--big", "20000,10000", "--epochs", "1", "--cap", "5000"],

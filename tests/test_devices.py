@@ -66,7 +66,8 @@ def test_precision_follows_the_hardware_and_a_fit_says_which(capsys, data, tmp_p
     assert devices.resolve_precision("fp32", cpu) == ("fp32", "as set")
     monkeypatch.setattr(devices, "bf16_dot_products", lambda device: True)
     assert devices.resolve_precision("auto", cpu) == (
-        "bf16", "auto: this CPU has bf16 dot products"
+        "bf16",
+        "auto: this CPU has bf16 dot products",
     )
     monkeypatch.undo()
     args = ["train", "--data", data, "--model", "deepfm", "--train-periods", "0", "--out",

@@ -7,7 +7,14 @@ the keys of ``record.json``: a record written by an earlier version loads as it 
 
 from __future__ import annotations
 
-from pydantic import SerializeAsAny
+from typing import Any
+
+from pydantic import (
+    SerializationInfo,
+    SerializeAsAny,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from fined.config import StrictModel
 
@@ -61,6 +68,17 @@ class CellRecord(StrictModel):
     forgetting: dict[str, float]  # period i (as text) -> AUC on P_i's held-out slice
     weights_sha256: str  # of the cell's model.safetensors, checked whenever it is read
     knowledge: KnowledgeUse | None = None  # a model fed by a KB: what it made of it
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent_knowledge(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> Any:
+        # A cell with no KB writes the keys records had before knowledge use was recorded,
+        # so a record of an earlier version is written back as it was read.
+        dumped = handler(self)
+        if isinstance(dumped, dict) and dumped.get("knowledge", 0) is None:
+            del dumped["knowledge"]
+        return dumped
 
 
 class DeployedCell(CellRecord):

@@ -200,7 +200,6 @@ class _Job:
         net.eval()
         return TrainedModel(net, fit, split, metrics)
 
-
     def _build(self, store: PeriodStore, with_kb: bool, last: int) -> ScoringModel[Any]:
         """The job's FINED model (``with_kb``) or its base model."""
         kb, adaptor = (self.kb, self.adaptor) if with_kb else (None, None)
