@@ -28,6 +28,8 @@ RUNS = {
             "20000",
             "--batches",
             "4096",
+            "--precisions",
+            "fp32",  # bf16 on a CPU without bf16 units is 7x slower; the next test runs it
             "--models",
             "deepfm,fined,din",
             "--no-peer",
@@ -121,7 +123,13 @@ def test_every_setting_the_gpu_benchmark_plans_runs(tmp_path) -> None:
     assert {setting[4] for setting in settings} == {"on", "off"}  # CUDA graphs on and off
     assert {setting[0] for setting in settings} == set(gpu.MODELS)
     here = argparse.Namespace(device=torch.device("cpu"), warmup=1)
+    measured = set()
     for setting in settings:
+        # Both planned batches exceed the 3,000 rows: on the CPU each is the same one step,
+        # so each (model, precision, rows, graphs) is measured once.
+        if (key := (setting[0], *setting[2:])) in measured:
+            continue
+        measured.add(key)
         store = stores["history" if setting[0] == "din" else "criteo"]
         r = gpu.measure(setting[0], store, setting, here)
         assert r["train_sps"] > 0 and 0 < r["auc"] < 1, setting
