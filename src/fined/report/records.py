@@ -9,12 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import (
-    SerializationInfo,
-    SerializeAsAny,
-    SerializerFunctionWrapHandler,
-    model_serializer,
-)
+from pydantic import SerializeAsAny, SerializerFunctionWrapHandler, model_serializer
 
 from fined.config import StrictModel
 
@@ -70,14 +65,12 @@ class CellRecord(StrictModel):
     knowledge: KnowledgeUse | None = None  # a model fed by a KB: what it made of it
 
     @model_serializer(mode="wrap")
-    def _leave_out_absent_knowledge(
-        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
-    ) -> Any:
+    def _leave_out_absent_knowledge(self, handler: SerializerFunctionWrapHandler) -> Any:
         # A cell with no KB writes the keys records had before knowledge use was recorded,
         # so a record of an earlier version is written back as it was read.
         dumped = handler(self)
-        if isinstance(dumped, dict) and dumped.get("knowledge", 0) is None:
-            del dumped["knowledge"]
+        if self.knowledge is None:
+            dumped.pop("knowledge", None)
         return dumped
 
 
